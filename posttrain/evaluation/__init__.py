@@ -1,0 +1,1 @@
+"""Evaluation: win-rate metrics, proving-ground accuracy, run reports."""

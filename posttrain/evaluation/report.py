@@ -1,0 +1,88 @@
+"""Run reports: `report.md` with PNG plots of the loss and the method's key metrics (matplotlib)."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+from posttrain.io import atomic_write_bytes, atomic_write_text, read_jsonl
+
+# Plotted in this order when present; anything else numeric is listed in the final-values table.
+KEY_METRICS = [
+    "rewards/accuracies", "rewards/margins", "logps/chosen", "logps/rejected", "rewards/chosen",
+    "rewards/rejected", "mean_token_accuracy", "entropy", "grad_norm", "learning_rate",
+]
+_SKIP = {"step", "epoch", "total_flos", "train_runtime", "train_samples_per_second", "train_steps_per_second"}
+
+
+def load_metric_series(metrics_path: str | Path) -> dict[str, list[tuple[int, float]]]:
+    """Per metric, (step, value) pairs; a step logged twice (after a resume) keeps its last value."""
+    by_step: dict[str, dict[int, float]] = {}
+    for record in read_jsonl(metrics_path):
+        step = int(record.get("step", 0))
+        for key, value in record.items():
+            if key in _SKIP or not isinstance(value, int | float) or isinstance(value, bool):
+                continue
+            if math.isfinite(value):
+                by_step.setdefault(key, {})[step] = float(value)
+    return {key: sorted(points.items()) for key, points in by_step.items()}
+
+
+def _save_figure(fig, path: Path) -> None:
+    import io
+
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=100, bbox_inches="tight")
+    atomic_write_bytes(path, buffer.getvalue())
+
+
+def plot_series(series: dict[str, list[tuple[int, float]]], keys: list[str], path: Path, title: str) -> bool:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    keys = [k for k in keys if series.get(k)]
+    if not keys:
+        return False
+    cols = min(3, len(keys))
+    rows = math.ceil(len(keys) / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(4.5 * cols, 3.2 * rows), squeeze=False)
+    for ax, key in zip(axes.flat, keys):
+        steps, values = zip(*series[key])
+        ax.plot(steps, values, marker="." if len(steps) < 30 else None)
+        ax.set_title(key)
+        ax.set_xlabel("step")
+        ax.grid(alpha=0.3)
+    for ax in list(axes.flat)[len(keys):]:
+        ax.axis("off")
+    fig.suptitle(title)
+    _save_figure(fig, path)
+    plt.close(fig)
+    return True
+
+
+def _fmt(value) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+def write_report(run_dir: str | Path, title: str, summary: dict, sections: list[str] | None = None) -> Path:
+    """Write `report.md` (and `loss.png`, `metrics.png`) in `run_dir` from its metrics.jsonl."""
+    run_dir = Path(run_dir)
+    series = load_metric_series(run_dir / "metrics.jsonl")
+    lines = [f"# {title}", "", "| setting | value |", "|---|---|"]
+    lines += [f"| {key} | {_fmt(value)} |" for key, value in summary.items()]
+    loss_keys = [k for k in ("loss", "eval_loss") if k in series]
+    if plot_series(series, loss_keys, run_dir / "loss.png", "loss"):
+        lines += ["", "## Loss", "", "![loss](loss.png)"]
+    metric_keys = [k for k in KEY_METRICS if k in series] + [f"eval_{k}" for k in KEY_METRICS if f"eval_{k}" in series]
+    if plot_series(series, metric_keys, run_dir / "metrics.png", "key metrics"):
+        lines += ["", "## Key metrics", "", "![metrics](metrics.png)"]
+    if series:
+        lines += ["", "## Final values", "", "| metric | step | value |", "|---|---|---|"]
+        lines += [f"| {key} | {points[-1][0]} | {_fmt(points[-1][1])} |" for key, points in sorted(series.items())]
+    for section in sections or []:
+        lines += ["", section]
+    path = run_dir / "report.md"
+    atomic_write_text(path, "\n".join(lines) + "\n")
+    return path

