@@ -24,7 +24,7 @@ METRICS_FILE = "metrics.jsonl"
 def prepare_run_dir(recipe: Recipe, is_main_process: bool = True) -> Path:
     """Create the run directory, record the recipe, and point TensorBoard into it."""
     run_dir = Path(recipe.training.output_dir)
-    os.environ.setdefault("TENSORBOARD_LOGGING_DIR", str(run_dir / "tensorboard"))
+    os.environ["TENSORBOARD_LOGGING_DIR"] = str(run_dir / "tensorboard")  # read by the TensorBoard callback
     report_to = list(recipe.training.report_to or [])
     if "tensorboard" not in report_to:
         recipe.training.report_to = [*report_to, "tensorboard"]
