@@ -127,7 +127,7 @@ def make_tiny_model(output_dir: str | os.PathLike, corpus: Iterable[str], family
 def _check_local_or_hub(name_or_path: str) -> None:
     looks_local = name_or_path.startswith((".", "/", "~")) or name_or_path.count("/") > 1
     if looks_local and not Path(name_or_path).expanduser().exists():
-        raise UsageError(f"model path {name_or_path!r} does not exist; check model_name_or_path in the recipe")
+        raise UsageError(f"model path {name_or_path!r} does not exist; pass an existing model folder or a hub id")
 
 
 def load_tokenizer(name_or_path: str, revision: str | None = None, trust_remote_code: bool = False):
