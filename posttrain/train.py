@@ -6,6 +6,7 @@ Launch with `posttrain train --config recipe.yaml` or `accelerate launch scripts
 from __future__ import annotations
 
 import logging
+from contextlib import contextmanager
 from pathlib import Path
 
 from posttrain.data import load_any_dataset, tokenizer_corpus, validate_columns
@@ -58,7 +59,8 @@ def build_trainer(recipe: Recipe, callbacks: list | None = None):
     from accelerate import PartialState
     from trl import get_peft_config
 
-    state = PartialState()
+    # cpu= matters under torchrun on CPU: without it every rank is a lone "main process" until the Trainer sets up.
+    state = PartialState(cpu=bool(recipe.training.use_cpu))
     run_dir = prepare_run_dir(recipe, state.is_main_process)
     _ensure_model(recipe, state)
     tokenizer = load_tokenizer(recipe.model.model_name_or_path, recipe.model.model_revision,
@@ -72,6 +74,21 @@ def build_trainer(recipe: Recipe, callbacks: list | None = None):
     )
 
 
+@contextmanager
+def _outside_zero3():
+    """Treat this process as not under ZeRO-3 for the duration. Under ZeRO-3 `from_pretrained` partitions the model
+    and `generate` defaults to `synced_gpus`; both issue collectives that the other ranks, which skip the main-process
+    eval, never join, so the run hangs. Restores transformers' DeepSpeed config reference afterwards."""
+    from transformers.integrations import deepspeed as hf_deepspeed
+
+    saved = hf_deepspeed._hf_deepspeed_config_weak_ref
+    hf_deepspeed.unset_hf_deepspeed_config()
+    try:
+        yield
+    finally:
+        hf_deepspeed._hf_deepspeed_config_weak_ref = saved
+
+
 def _post_training_eval(recipe: Recipe, run_dir: Path, tokenizer) -> dict | None:
     """Judge the saved model on held-out proving-ground prompts (main process; reloads from disk so it works
     the same after DeepSpeed ZeRO-3, where the in-memory weights are partitioned across processes)."""
@@ -81,10 +98,11 @@ def _post_training_eval(recipe: Recipe, run_dir: Path, tokenizer) -> dict | None
     from posttrain.evaluation.proving_ground import evaluate_task
     from posttrain.generation import TransformersGenerator
 
-    model = TransformersGenerator(load_causal_lm(str(run_dir)), tokenizer)
-    baseline = TransformersGenerator(load_causal_lm(run.eval_baseline_model), tokenizer) \
-        if run.eval_baseline_model else None
-    return evaluate_task(model, run.eval_task, run.eval_num_examples, run.dataset_seed, baseline)
+    with _outside_zero3():
+        model = TransformersGenerator(load_causal_lm(str(run_dir)), tokenizer)
+        baseline = TransformersGenerator(load_causal_lm(run.eval_baseline_model), tokenizer) \
+            if run.eval_baseline_model else None
+        return evaluate_task(model, run.eval_task, run.eval_num_examples, run.dataset_seed, baseline)
 
 
 def train(recipe: Recipe) -> Path:
