@@ -49,8 +49,16 @@ def metrics_callback(run_dir: str | os.PathLike):
     path = Path(run_dir) / METRICS_FILE
 
     class MetricsJsonlCallback(TrainerCallback):
+        start_step = 0
+
+        def on_train_begin(self, args, state, control, **kwargs):
+            self.start_step = state.global_step
+
         def on_log(self, args, state, control, logs=None, **kwargs):
-            if state.is_world_process_zero and logs:
-                append_jsonl(path, {"step": state.global_step, "epoch": state.epoch, **logs})
+            if not (state.is_world_process_zero and logs):
+                return
+            if "train_loss" in logs and state.global_step == self.start_step:
+                return  # rerun of a finished run: TRL logs a 0.0 summary for zero steps; keep the real one
+            append_jsonl(path, {"step": state.global_step, "epoch": state.epoch, **logs})
 
     return MetricsJsonlCallback()
