@@ -49,7 +49,7 @@ def _read_json(path: Path) -> dict:
 
 
 def run_demo(output: str = "runs/demo", seeds: tuple[int, ...] = (0, 1), task_name: str = "sort8",
-             num_pair_prompts: int = 1000, eval_examples: int = 500) -> list[dict]:
+             num_pair_prompts: int = 3000, eval_examples: int = 500) -> list[dict]:
     """Run the pipeline for each seed; return one result row per seed and write `<output>/report.md`."""
     output = Path(output)
     tiny = output / "tiny-llama"

@@ -105,16 +105,31 @@ def _post_training_eval(recipe: Recipe, run_dir: Path, tokenizer) -> dict | None
         return evaluate_task(model, run.eval_task, run.eval_num_examples, run.dataset_seed, baseline)
 
 
+def _already_complete(recipe: Recipe, run_dir: Path, checkpoint: str) -> bool:
+    """A rerun of a finished run must not train again (resuming at max_steps would take one extra step)."""
+    import json
+
+    state_file = Path(checkpoint) / "trainer_state.json"
+    if not (run_dir / "report.md").exists() or not state_file.exists():
+        return False
+    state = json.loads(state_file.read_text())
+    target = recipe.training.max_steps if recipe.training.max_steps > 0 else state.get("max_steps", 0)
+    return state.get("global_step", 0) >= target > 0
+
+
 def train(recipe: Recipe) -> Path:
     """Run (or resume) the recipe's training; return the run directory."""
     from posttrain.evaluation.report import write_report
     from posttrain.io import atomic_write_json
 
-    trainer = build_trainer(recipe)
     run_dir = Path(recipe.training.output_dir)
     resume = recipe.training.resume_from_checkpoint
     if resume is None and recipe.run.auto_resume:
         resume = last_checkpoint(run_dir)
+    if resume and _already_complete(recipe, run_dir, resume):
+        print(f"posttrain: {run_dir} already finished at {resume}; nothing to do (--auto_resume false starts over)")
+        return run_dir
+    trainer = build_trainer(recipe)
     if resume:
         trainer.accelerator.print(f"posttrain: resuming from {resume}")
     result = trainer.train(resume_from_checkpoint=resume)

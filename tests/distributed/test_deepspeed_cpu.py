@@ -78,7 +78,7 @@ def test_dpo_zero3_trains_saves_full_model_evaluates_and_resumes(tiny_model, tmp
     assert evaluation["n"] == 8 and "vs_baseline" in evaluation
     assert (run_dir / "checkpoint-3").is_dir()
 
-    rerun = _launch("dpo", tiny_model, run_dir, *args)
+    rerun = _launch("dpo", tiny_model, run_dir, *args, "--max_steps", "5")  # extend the finished run
     assert f"resuming from {run_dir / 'checkpoint-3'}" in rerun.stdout + rerun.stderr
     assert f"| resumed_from | {run_dir / 'checkpoint-3'} |" in (run_dir / "report.md").read_text()
 

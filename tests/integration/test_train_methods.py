@@ -10,8 +10,8 @@ import torch
 from safetensors.torch import load_file
 
 from posttrain.registry import METHODS
-from posttrain.train import train
 from posttrain.recipe import parse_recipe
+from posttrain.train import train
 
 from ..conftest import CPU_SETTINGS
 
@@ -59,3 +59,7 @@ def test_rerun_resumes_and_matches_an_uninterrupted_run(tiny_model_dir, tmp_path
     assert "checkpoint-4" in (resumed_dir / "report.md").read_text()  # "resumed_from" row
     a, b = load_file(straight / "model.safetensors"), load_file(resumed_dir / "model.safetensors")
     assert all(torch.equal(a[k], b[k]) for k in a)
+    metrics, stamp = (resumed_dir / "metrics.jsonl").read_text(), (resumed_dir / "model.safetensors").stat().st_mtime_ns
+    train(_recipe(write_recipe, tiny_model_dir, "sft", resumed_dir, max_steps=6, **settings))  # already finished
+    assert (resumed_dir / "metrics.jsonl").read_text() == metrics  # no extra step, no zero-step summary
+    assert (resumed_dir / "model.safetensors").stat().st_mtime_ns == stamp
