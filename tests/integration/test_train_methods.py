@@ -9,8 +9,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from posttrain.registry import METHODS
 from posttrain.recipe import parse_recipe
+from posttrain.registry import METHODS
 from posttrain.train import train
 
 from ..conftest import CPU_SETTINGS

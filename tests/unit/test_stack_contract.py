@@ -26,5 +26,5 @@ def test_trl_surfaces_we_build_on():
     for trainer in (DPOTrainer, SFTTrainer):
         params = inspect.signature(trainer.__init__).parameters
         assert {"model", "args", "train_dataset", "processing_class", "peft_config", "callbacks"} <= set(params)
-        assert callable(getattr(trainer, "compute_loss"))
+        assert callable(trainer.compute_loss)
     assert hasattr(TrlParser, "set_defaults_with_config") and callable(get_peft_config)
