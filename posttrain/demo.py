@@ -48,6 +48,24 @@ def _read_json(path: Path) -> dict:
     return json.loads(path.read_text())
 
 
+def _run_seed(root: Path, tiny: Path, seed: int, task_name: str, num_pair_prompts: int, eval_examples: int) -> dict:
+    if (root / "result.json").exists():
+        return _read_json(root / "result.json")
+    start = time.time()
+    common = {"seed": seed, "eval_task": task_name, "eval_num_examples": eval_examples}
+    sft = _stage(RECIPES["sft"], root / "sft", model_name_or_path=str(tiny), **common)
+    stats = _pairs(sft, root / "pairs.jsonl", task_name, num_pair_prompts, seed)
+    dpo = _stage(RECIPES["dpo"], root / "dpo", model_name_or_path=str(sft), dataset_name=str(root / "pairs.jsonl"),
+                 eval_baseline_model=str(sft), dataset_num_examples=100000, **common)
+    sft_eval, dpo_eval = _read_json(sft / "eval.json"), _read_json(dpo / "eval.json")
+    result = {"seed": seed, "sft_accuracy": sft_eval["accuracy"], "dpo_accuracy": dpo_eval["accuracy"],
+              "change_points": 100 * (dpo_eval["accuracy"] - sft_eval["accuracy"]),
+              "dpo_win_rate_vs_sft": dpo_eval["vs_baseline"]["win_rate"],
+              "pairs": stats["pairs"], "stage_seconds": round(time.time() - start, 1)}
+    atomic_write_json(root / "result.json", result)
+    return result
+
+
 def run_demo(output: str = "runs/demo", seeds: tuple[int, ...] = (0, 1), task_name: str = "sort8",
              num_pair_prompts: int = 3000, eval_examples: int = 500) -> list[dict]:
     """Run the pipeline for each seed; return one result row per seed and write `<output>/report.md`."""
@@ -55,20 +73,8 @@ def run_demo(output: str = "runs/demo", seeds: tuple[int, ...] = (0, 1), task_na
     tiny = output / "tiny-llama"
     if not tiny.exists():
         make_tiny_model(tiny, tokenizer_corpus(), family="llama", seed=0)
-    results = []
-    for seed in seeds:
-        start, root = time.time(), output / f"seed{seed}"
-        common = {"seed": seed, "eval_task": task_name, "eval_num_examples": eval_examples}
-        sft = _stage(RECIPES["sft"], root / "sft", model_name_or_path=str(tiny), **common)
-        stats = _pairs(sft, root / "pairs.jsonl", task_name, num_pair_prompts, seed)
-        dpo = _stage(RECIPES["dpo"], root / "dpo", model_name_or_path=str(sft),
-                     dataset_name=str(root / "pairs.jsonl"), eval_baseline_model=str(sft),
-                     dataset_num_examples=100000, **common)
-        sft_eval, dpo_eval = _read_json(sft / "eval.json"), _read_json(dpo / "eval.json")
-        results.append({"seed": seed, "sft_accuracy": sft_eval["accuracy"], "dpo_accuracy": dpo_eval["accuracy"],
-                        "change_points": 100 * (dpo_eval["accuracy"] - sft_eval["accuracy"]),
-                        "dpo_win_rate_vs_sft": dpo_eval["vs_baseline"]["win_rate"],
-                        "pairs": stats["pairs"], "stage_seconds": round(time.time() - start, 1)})
+    results = [_run_seed(output / f"seed{seed}", tiny, seed, task_name, num_pair_prompts, eval_examples)
+               for seed in seeds]
     _write_demo_report(output, task_name, results)
     return results
 

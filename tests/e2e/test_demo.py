@@ -43,5 +43,6 @@ def test_demo_runs_and_rerun_skips_finished_stages(tmp_path):
     assert "| seed | SFT acc | DPO acc |" in report
     weights = tmp_path / "demo/seed0/dpo/model.safetensors"
     stamp = weights.stat().st_mtime_ns
+    (tmp_path / "demo/seed0/result.json").unlink()  # force the stage-level skip logic to run
     again = run_demo(str(tmp_path / "demo"), seeds=(0,), num_pair_prompts=200, eval_examples=100)
     assert again[0]["dpo_accuracy"] == row["dpo_accuracy"] and weights.stat().st_mtime_ns == stamp
