@@ -65,8 +65,8 @@ def build_trainer(recipe: Recipe, callbacks: list | None = None):
     _ensure_model(recipe, state)
     tokenizer = load_tokenizer(recipe.model.model_name_or_path, recipe.model.model_revision,
                                recipe.training.trust_remote_code)
+    train, evaluation = _load_datasets(recipe)  # before the model: a data mistake fails fast
     model = _load_model(recipe)
-    train, evaluation = _load_datasets(recipe)
     return recipe.method.trainer_class(
         model=model, args=recipe.training, train_dataset=train, eval_dataset=evaluation,
         processing_class=tokenizer, peft_config=get_peft_config(recipe.model),
