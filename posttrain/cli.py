@@ -1,4 +1,4 @@
-"""`posttrain train|demo|methods|tiny-model|data|eval-task`: thin wrappers over the library."""
+"""`posttrain train|eval|demo|methods|tiny-model|data|eval-task`: thin wrappers over the library."""
 
 from __future__ import annotations
 
@@ -68,6 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("train", help="train a recipe: posttrain train --config <recipe.yaml> [--key value ...]",
                         add_help=False)
+    commands.add_parser("eval", help=f"evaluate: posttrain eval {{{','.join(EVALUATIONS)}}} --help", add_help=False)
     commands.add_parser("methods", help="list registered methods").set_defaults(func=_methods)
     tiny = commands.add_parser("tiny-model", help="build a tiny offline model and tokenizer")
     tiny.add_argument("--output", required=True)
@@ -95,6 +96,25 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# `posttrain eval <name> ...` forwards the rest of the command line to that evaluation's own parser.
+EVALUATIONS = {
+    "winrate": "posttrain.evaluation.winrate_cli:main",
+    "mmlu": "posttrain.evaluation.mmlu_cli:main",
+}
+
+
+def _forward_eval(argv: list[str]) -> None:
+    from posttrain.registry import _import, closest
+
+    if not argv or argv[0] in ("-h", "--help"):
+        print(f"usage: posttrain eval {{{','.join(EVALUATIONS)}}} [options]  (posttrain eval <name> --help)")
+        return
+    if argv[0] not in EVALUATIONS:
+        raise UsageError(f"unknown evaluation {argv[0]!r}{closest(argv[0], EVALUATIONS)} "
+                         f"(available: {', '.join(EVALUATIONS)})")
+    _import(EVALUATIONS[argv[0]])(argv[1:])
+
+
 class _OneLineParser(argparse.ArgumentParser):
     def error(self, message):
         raise UsageError(message)
@@ -107,6 +127,9 @@ def main(argv: list[str] | None = None) -> None:
         from posttrain.train import main as train_main
 
         train_main(argv[1:])
+        return
+    if argv and argv[0] == "eval":
+        _forward_eval(argv[1:])
         return
     parser = build_parser()
     parser.__class__ = _OneLineParser
