@@ -40,7 +40,10 @@ METHODS: dict[str, Method] = {
     method.name: method
     for method in [
         Method("sft", "trl:SFTConfig", "trl:SFTTrainer", "sft", "supervised fine-tuning (TRL baseline)"),
-        Method("dpo", "trl:DPOConfig", "trl:DPOTrainer", "preference", "direct preference optimisation (TRL baseline)"),
+        Method("dpo", "posttrain.trainers.dpo:DPOConfig", "posttrain.trainers.dpo:DPOTrainer", "preference",
+               "direct preference optimisation (TRL's, with the cached reference)"),
+        Method("rpo", "posttrain.trainers.rpo:RPOConfig", "posttrain.trainers.rpo:RPOTrainer", "preference",
+               "DPO + SFT regulariser on the chosen responses (Liu et al. 2024)"),
     ]
 }
 

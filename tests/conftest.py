@@ -12,6 +12,13 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+
+def pytest_configure(config):
+    """Keep the reference log-prob cache (and anything else posttrain caches) out of the user's home."""
+    import tempfile
+
+    os.environ.setdefault("POSTTRAIN_CACHE", tempfile.mkdtemp(prefix="posttrain-test-cache-"))
+
 REPO = Path(__file__).resolve().parents[1]
 
 # Settings every CPU recipe needs (TRL defaults bf16 and gradient checkpointing on).

@@ -16,8 +16,9 @@ REQUIRED_COLUMNS: dict[str, tuple[str, ...]] = {
     "revision": ("prompt", "draft", "revision"),
     "unlearning": ("prompt", "completion", "split"),
 }
-# TRL also accepts single-column language-modelling data for SFT.
-ALTERNATIVE_COLUMNS = {"sft": [("messages",), ("text",)]}
+# TRL also accepts single-column language-modelling data for SFT, and preference pairs whose prompt is the shared
+# start of the chosen and rejected conversations ("implicit prompt", e.g. trl-lib/ultrafeedback_binarized).
+ALTERNATIVE_COLUMNS = {"sft": [("messages",), ("text",)], "preference": [("chosen", "rejected")]}
 
 _FILE_BUILDERS = {".json": "json", ".jsonl": "json", ".csv": "csv", ".parquet": "parquet"}
 

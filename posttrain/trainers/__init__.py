@@ -1,0 +1,1 @@
+"""One module per method, each a narrow subclass of a TRL trainer (registered in `posttrain.registry`)."""
