@@ -107,6 +107,11 @@ class ReferenceLogpsCacheMixin:
             return super()._precompute_ref_logps(dataset, name, batch_size)
         from accelerate.utils import broadcast_object_list
 
+        from posttrain.errors import UsageError
+
+        if len(dataset) == 0:
+            raise UsageError(f"no {name} example fits max_length={self.args.max_length} (every prompt alone is "
+                             f"longer); raise max_length")
         path = Path(cache_dir) / f"{self._broadcast(cache_key(self._reference_fingerprint(), dataset, self.args))}" \
                                  f".safetensors"
         loaded = [load_ref_logps(path) if self.accelerator.is_main_process and path.exists() else None]

@@ -30,14 +30,15 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _launch(method: str, model: Path, output_dir: Path, *extra: str) -> subprocess.CompletedProcess:
+def _launch(method: str, model: Path, output_dir: Path, *extra: str, cache: Path | None = None
+            ) -> subprocess.CompletedProcess:
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(ZERO3),
            "--main_process_port", str(_free_port()), str(REPO / "scripts" / "train.py"),
            "--config", str(REPO / "recipes" / method / "sort8_tiny_cpu.yaml"),
            "--model_name_or_path", str(model), "--output_dir", str(output_dir),
            "--max_steps", "3", "--save_steps", "3", "--logging_steps", "1", "--dataset_num_examples", "64",
            "--build_tiny_model_if_missing", "false", *extra]
-    env = {**os.environ, "TOKENIZERS_PARALLELISM": "false"}
+    env = {**os.environ, "TOKENIZERS_PARALLELISM": "false", **({"POSTTRAIN_CACHE": str(cache)} if cache else {})}
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=TIMEOUT_S)
     assert proc.returncode == 0, (
         f"exit {proc.returncode}\n--- stdout\n{proc.stdout[-4000:]}\n--- stderr\n{proc.stderr[-6000:]}")
@@ -88,3 +89,14 @@ def test_sft_zero3_trains_and_saves_full_model(tiny_model, tmp_path):
     _launch("sft", tiny_model, run_dir, "--eval_task", "")
     _check_run_dir(run_dir, tiny_model)
     assert not (run_dir / "eval.json").exists()
+
+
+def test_rpo_zero3_trains_and_reuses_the_reference_cache(tiny_model, tmp_path):
+    """The RPO toy recipe under ZeRO-3; a second run on the same model and data skips the reference forward."""
+    first = _launch("rpo", tiny_model, tmp_path / "rpo1", "--eval_task", "", cache=tmp_path / "cache")
+    second = _launch("rpo", tiny_model, tmp_path / "rpo2", "--eval_task", "", cache=tmp_path / "cache")
+    _check_run_dir(tmp_path / "rpo1", tiny_model)
+    assert "computed and cached at" in first.stdout and "loaded from cache" not in first.stdout
+    assert "loaded from cache" in second.stdout and "computed and cached" not in second.stdout
+    rows = [json.loads(line) for line in (tmp_path / "rpo2" / "metrics.jsonl").read_text().splitlines()]
+    assert {"loss/dpo", "loss/sft"} <= set(rows[0])
