@@ -22,16 +22,18 @@ RECIPE_DIR = Path(__file__).resolve().parents[1] / "recipes"
 RECIPES = {"sft": str(RECIPE_DIR / "sft/sort8_tiny_cpu.yaml"), "dpo": str(RECIPE_DIR / "dpo/sort8_tiny_cpu.yaml")}
 
 
-def _stage(recipe_path: str, output_dir: Path, **overrides) -> Path:
+def train_stage(recipe_path: str, output_dir: Path, callbacks: list | None = None, **overrides) -> Path:
+    """Train one recipe into `output_dir`, or do nothing when that stage already finished (report.md exists)."""
     if (output_dir / "report.md").exists():
         return output_dir
-    return train(load_recipe(recipe_path, output_dir=str(output_dir), **overrides))
+    return train(load_recipe(recipe_path, output_dir=str(output_dir), **overrides), callbacks)
 
 
-def _pairs(sft_dir: Path, path: Path, task_name: str, num_prompts: int, seed: int) -> dict:
+def on_policy_pairs(sft_dir: Path, path: Path, task_name: str, num_prompts: int, seed: int) -> dict:
+    """Sample 4 answers per prompt from the SFT model; pair a correct one (chosen) with a wrong one (rejected)."""
     stats_path = path.with_suffix(".stats.json")
     if path.exists() and stats_path.exists():
-        return _read_json(stats_path)
+        return read_json(stats_path)
     task = get_task(task_name)
     generator = TransformersGenerator(load_causal_lm(str(sft_dir)), load_tokenizer(str(sft_dir)))
     rows = proving_ground_rows(f"{task_name}/sft", "train", num_prompts, seed=seed + 1)
@@ -42,7 +44,7 @@ def _pairs(sft_dir: Path, path: Path, task_name: str, num_prompts: int, seed: in
     return stats
 
 
-def _read_json(path: Path) -> dict:
+def read_json(path: Path) -> dict:
     import json
 
     return json.loads(path.read_text())
@@ -50,14 +52,14 @@ def _read_json(path: Path) -> dict:
 
 def _run_seed(root: Path, tiny: Path, seed: int, task_name: str, num_pair_prompts: int, eval_examples: int) -> dict:
     if (root / "result.json").exists():
-        return _read_json(root / "result.json")
+        return read_json(root / "result.json")
     start = time.time()
     common = {"seed": seed, "eval_task": task_name, "eval_num_examples": eval_examples}
-    sft = _stage(RECIPES["sft"], root / "sft", model_name_or_path=str(tiny), **common)
-    stats = _pairs(sft, root / "pairs.jsonl", task_name, num_pair_prompts, seed)
-    dpo = _stage(RECIPES["dpo"], root / "dpo", model_name_or_path=str(sft), dataset_name=str(root / "pairs.jsonl"),
+    sft = train_stage(RECIPES["sft"], root / "sft", model_name_or_path=str(tiny), **common)
+    stats = on_policy_pairs(sft, root / "pairs.jsonl", task_name, num_pair_prompts, seed)
+    dpo = train_stage(RECIPES["dpo"], root / "dpo", model_name_or_path=str(sft), dataset_name=str(root / "pairs.jsonl"),
                  eval_baseline_model=str(sft), dataset_num_examples=100000, **common)
-    sft_eval, dpo_eval = _read_json(sft / "eval.json"), _read_json(dpo / "eval.json")
+    sft_eval, dpo_eval = read_json(sft / "eval.json"), read_json(dpo / "eval.json")
     result = {"seed": seed, "sft_accuracy": sft_eval["accuracy"], "dpo_accuracy": dpo_eval["accuracy"],
               "change_points": 100 * (dpo_eval["accuracy"] - sft_eval["accuracy"]),
               "dpo_win_rate_vs_sft": dpo_eval["vs_baseline"]["win_rate"],

@@ -117,7 +117,7 @@ def _already_complete(recipe: Recipe, run_dir: Path, checkpoint: str) -> bool:
     return state.get("global_step", 0) >= target > 0
 
 
-def train(recipe: Recipe) -> Path:
+def train(recipe: Recipe, callbacks: list | None = None) -> Path:
     """Run (or resume) the recipe's training; return the run directory."""
     from posttrain.evaluation.report import write_report
     from posttrain.io import atomic_write_json
@@ -129,7 +129,7 @@ def train(recipe: Recipe) -> Path:
     if resume and _already_complete(recipe, run_dir, resume):
         print(f"posttrain: {run_dir} already finished at {resume}; nothing to do (--auto_resume false starts over)")
         return run_dir
-    trainer = build_trainer(recipe)
+    trainer = build_trainer(recipe, callbacks)
     if resume:
         trainer.accelerator.print(f"posttrain: resuming from {resume}")
     result = trainer.train(resume_from_checkpoint=resume)

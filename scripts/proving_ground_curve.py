@@ -37,35 +37,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def curve_callback(task: str, tokenizer, eval_examples: int, dataset_seed: int, points: list[dict]):
-    """A TrainerCallback that appends {epoch, step, accuracy, train_seconds} to `points` at each epoch end."""
-    from transformers import TrainerCallback
-
-    from posttrain.evaluation.proving_ground import evaluate_task
-    from posttrain.generation import TransformersGenerator
-
-    class EpochCurve(TrainerCallback):
-        def __init__(self):
-            self.start, self.eval_seconds = None, 0.0
-
-        def on_train_begin(self, args, state, control, **kwargs):
-            self.start = time.perf_counter()
-
-        def on_epoch_end(self, args, state, control, model=None, **kwargs):
-            began = time.perf_counter()
-            result = evaluate_task(TransformersGenerator(model, tokenizer), task, eval_examples, dataset_seed)
-            ended = time.perf_counter()
-            points.append({"epoch": round(state.epoch), "step": state.global_step, "accuracy": result["accuracy"],
-                           "train_seconds": round(began - self.start - self.eval_seconds, 1),
-                           "eval_seconds": round(ended - began, 1)})
-            self.eval_seconds += ended - began
-            print(f"curve: epoch {points[-1]['epoch']} step {state.global_step} "
-                  f"accuracy {result['accuracy']:.3f} ({points[-1]['train_seconds']} s training)", flush=True)
-
-    return EpochCurve()
-
-
 def run_seed(args: argparse.Namespace, tiny: Path, seed: int, overrides: dict) -> dict:
+    from posttrain.evaluation.proving_ground import epoch_accuracy_callback
     from posttrain.recipe import load_recipe
     from posttrain.train import build_trainer
 
@@ -75,8 +48,8 @@ def run_seed(args: argparse.Namespace, tiny: Path, seed: int, overrides: dict) -
         "save_strategy": "no", "eval_task": args.task, "eval_num_examples": args.eval_examples, **overrides})
     points: list[dict] = []
     trainer = build_trainer(recipe)
-    trainer.add_callback(curve_callback(args.task, trainer.processing_class, args.eval_examples,
-                                        recipe.run.dataset_seed, points))
+    trainer.add_callback(epoch_accuracy_callback(args.task, trainer.processing_class, args.eval_examples,
+                                                 recipe.run.dataset_seed, points))
     began = time.perf_counter()
     trainer.train()
     return {"seed": seed, "points": points, "total_seconds": round(time.perf_counter() - began, 1)}

@@ -6,6 +6,8 @@ AlpacaEval conventions. The generator is any `posttrain.generation.Generator`.
 
 from __future__ import annotations
 
+import time
+
 from posttrain.data.proving_ground import proving_ground_rows
 from posttrain.data.tasks import SortTask, get_task
 from posttrain.evaluation.winrate import winrate_metrics
@@ -38,3 +40,31 @@ def evaluate_task(generator: Generator, task_name: str, num_examples: int = 200,
         result["baseline_accuracy"] = sum(task.score(o, a) for o, a in zip(reference, answers)) / len(rows)
         result["vs_baseline"] = winrate_metrics(preferences)
     return result
+
+
+def epoch_accuracy_callback(task: str, tokenizer, eval_examples: int, dataset_seed: int, points: list[dict]):
+    """A TrainerCallback that appends {epoch, step, accuracy, train_seconds, eval_seconds} to `points` at each epoch
+    end, judging the in-memory model (training seconds exclude these evaluations)."""
+    from transformers import TrainerCallback
+
+    from posttrain.generation import TransformersGenerator
+
+    class EpochAccuracy(TrainerCallback):
+        def __init__(self):
+            self.start, self.eval_seconds = None, 0.0
+
+        def on_train_begin(self, args, state, control, **kwargs):
+            self.start = time.perf_counter()
+
+        def on_epoch_end(self, args, state, control, model=None, **kwargs):
+            began = time.perf_counter()
+            result = evaluate_task(TransformersGenerator(model, tokenizer), task, eval_examples, dataset_seed)
+            ended = time.perf_counter()
+            points.append({"epoch": round(state.epoch), "step": state.global_step, "accuracy": result["accuracy"],
+                           "train_seconds": round(began - self.start - self.eval_seconds, 1),
+                           "eval_seconds": round(ended - began, 1)})
+            self.eval_seconds += ended - began
+            print(f"epoch {points[-1]['epoch']} step {state.global_step}: {task} accuracy {result['accuracy']:.3f} "
+                  f"({points[-1]['train_seconds']} s training)", flush=True)
+
+    return EpochAccuracy()

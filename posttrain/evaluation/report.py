@@ -72,7 +72,7 @@ def write_report(run_dir: str | Path, title: str, summary: dict, sections: list[
     series = load_metric_series(run_dir / "metrics.jsonl")
     lines = [f"# {title}", "", "| setting | value |", "|---|---|"]
     lines += [f"| {key} | {_fmt(value)} |" for key, value in summary.items()]
-    loss_keys = [k for k in ("loss", "eval_loss") if k in series]
+    loss_keys = [k for k in ("loss", "eval_loss", "loss/dpo", "loss/sft") if k in series]
     if plot_series(series, loss_keys, run_dir / "loss.png", "loss"):
         lines += ["", "## Loss", "", "![loss](loss.png)"]
     metric_keys = [k for k in KEY_METRICS if k in series] + [f"eval_{k}" for k in KEY_METRICS if f"eval_{k}" in series]
