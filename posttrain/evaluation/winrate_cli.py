@@ -1,0 +1,327 @@
+"""`posttrain eval winrate`: AlpacaEval-2-compatible win rate of a model against a reference (METHODS.md, "Win rate").
+
+Two modes:
+  --annotations FILE       score existing AlpacaEval annotations (reproduces the published leaderboard numbers);
+  generate and judge       outputs from --model or --model_outputs, and --reference or --reference_outputs, on
+                           --instructions, judged by --judge rule:<task> | reward:<path> | llm:<path> |
+                           llm-openai:<base_url>#<model>.
+Writes, atomically, AlpacaEval formats into --output_dir: model_outputs.json, reference_outputs.json,
+annotations.json and leaderboard.json. Generations and annotations are cached as JSON lines there, so a rerun
+after a kill resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import math
+from pathlib import Path
+
+from posttrain.errors import UsageError, exit_on_usage_error
+from posttrain.evaluation.winrate import avg_length, winrate_metrics
+from posttrain.io import append_jsonl, atomic_write_json, read_jsonl
+
+JUDGE_KINDS = ("rule", "reward", "llm", "llm-openai")
+ANNOTATION_KEYS = ("instruction", "output_1", "output_2", "preference")
+OUTPUT_KEYS = ("instruction", "output", "generator")
+JUDGE_BATCH = 32  # annotations appended to the cache after every batch
+
+
+def read_json_list(path: str, what: str, required: tuple[str, ...]) -> list[dict]:
+    """A JSON list of objects that all have `required` keys, or a one-line UsageError saying what is wrong."""
+    file = Path(path).expanduser()
+    if not file.is_file():
+        raise UsageError(f"{what} file {path!r} does not exist")
+    text = file.read_text(encoding="utf-8").strip()
+    if not text:
+        raise UsageError(f"{what} file {path!r} is empty")
+    try:
+        rows = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise UsageError(f"{what} file {path!r} is not valid JSON ({err.msg}, line {err.lineno})") from None
+    if not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):
+        raise UsageError(f"{what} file {path!r} must hold a JSON list of objects with keys {', '.join(required)}")
+    if not rows:
+        raise UsageError(f"{what} file {path!r} holds an empty list")
+    for index, row in enumerate(rows):
+        missing = [k for k in required if k not in row]
+        if missing:
+            raise UsageError(f"{what} file {path!r}: entry {index} is missing key(s) {', '.join(missing)}")
+    return rows
+
+
+def _clean(value):
+    """NaN (a missing standard error) as JSON null."""
+    return None if isinstance(value, float) and math.isnan(value) else value
+
+
+def leaderboard(annotations: list[dict], model_outputs: list[str] | None = None) -> dict:
+    """Metrics for one model's annotations; avg_length over `model_outputs` (default: the annotated outputs)."""
+    preferences = [a["preference"] for a in annotations]
+    metrics = winrate_metrics(preferences, [a["output_2"] or "" for a in annotations],
+                              [a["output_1"] or "" for a in annotations])
+    if model_outputs is not None:
+        metrics["avg_length"] = avg_length(model_outputs)
+    return {k: _clean(v) for k, v in metrics.items()}
+
+
+def write_results(output_dir: Path, name: str, metrics: dict) -> None:
+    """leaderboard.json is {model name: metrics}, like one row of the AlpacaEval leaderboard."""
+    atomic_write_json(output_dir / "leaderboard.json", {name: metrics})
+    print(json.dumps(metrics, indent=2))
+
+
+def score_annotations(args) -> dict:
+    rows = read_json_list(args.annotations, "annotations", ANNOTATION_KEYS)
+    for index, row in enumerate(rows):
+        if row["preference"] is not None and not isinstance(row["preference"], int | float):
+            raise UsageError(f"annotations file {args.annotations!r}: entry {index} has preference "
+                             f"{row['preference']!r}; expected a number in [1, 2] or null")
+    name = args.name or str(rows[0].get("generator_2", Path(args.annotations).stem))
+    try:
+        metrics = leaderboard(rows)
+    except ValueError as err:
+        raise UsageError(f"annotations file {args.annotations!r}: {err}") from None
+    write_results(Path(args.output_dir), name, metrics)
+    return metrics
+
+
+# --- generate and judge ---------------------------------------------------------------------------------------
+
+
+def instruction_rows(args) -> list[dict]:
+    """[{instruction, prompt, answer?}] from --instructions (a dataset) or, without it, the --model_outputs file."""
+    if args.instructions is None:
+        if args.model_outputs is None:
+            raise UsageError("say which instructions to use: --instructions DATASET (or pass --model_outputs FILE)")
+        rows = read_json_list(args.model_outputs, "model outputs", OUTPUT_KEYS)
+        return [{"instruction": r["instruction"], "prompt": _as_chat(r["instruction"])}
+                for r in rows[:args.max_instructions]]
+    from posttrain.data import load_any_dataset
+
+    split = args.split or ("test" if args.instructions.startswith("pg:") else "train")
+    dataset = load_any_dataset(args.instructions, split, num_examples=args.max_instructions)
+    columns = set(dataset.column_names)
+    key = "prompt" if "prompt" in columns else "instruction" if "instruction" in columns else None
+    if key is None:
+        raise UsageError(f"instructions {args.instructions!r} need a 'prompt' or 'instruction' column "
+                         f"(has: {', '.join(sorted(columns))})")
+    rows = []
+    for record in dataset:
+        prompt = _as_chat(record[key])
+        row = {"instruction": prompt[-1]["content"], "prompt": prompt}
+        if record.get("answer") is not None:
+            row["answer"] = record["answer"]
+        rows.append(row)
+    return rows
+
+
+def _as_chat(prompt) -> list[dict]:
+    return [{"role": "user", "content": prompt}] if isinstance(prompt, str) else list(prompt)
+
+
+class ModelPool:
+    """Generators by model name, built on first use and one at a time: a vLLM engine holds its memory until it is
+    released, and outputs already in a cache need no model at all."""
+
+    def __init__(self, backend: str, batch_size: int):
+        import importlib.util
+
+        if backend == "auto":
+            backend = "vllm" if importlib.util.find_spec("vllm") is not None else "transformers"
+        self.backend, self.batch_size = backend, batch_size
+        self.source, self.generator = None, None
+
+    def get(self, source: str):
+        if source != self.source:
+            from posttrain.generation import load_generator
+
+            self.close()
+            options = {"batch_size": self.batch_size} if self.backend == "transformers" else {}
+            self.generator, self.source = load_generator(source, self.backend, **options), source
+        return self.generator
+
+    def lazy(self, source: str) -> LazyGenerator:
+        return LazyGenerator(self, source)
+
+    def close(self) -> None:
+        import gc
+
+        self.source, self.generator = None, None
+        gc.collect()  # a dropped vLLM engine shuts down when collected
+
+
+class LazyGenerator:
+    """A `Generator` for `source` that loads the model only when something has to be generated."""
+
+    def __init__(self, pool: ModelPool, source: str):
+        self.pool, self.source = pool, source
+        self.model_id = f"{pool.backend}:{source}"
+
+    def generate(self, prompts, params, on_result=None):
+        generator = self.pool.get(self.source)
+        if on_result is None:
+            return generator.generate(prompts, params)
+        return generator.generate(prompts, params, on_result=on_result)
+
+
+def outputs_for(rows: list[dict], source: str | None, path: str | None, what: str, args, pool) -> tuple[list, str]:
+    """One output per instruction row, from an outputs file (matched by instruction) or generated by `source`."""
+    if path is not None:
+        records = read_json_list(path, f"{what} outputs", OUTPUT_KEYS)
+        by_instruction = {r["instruction"]: r for r in records}
+        missing = [r["instruction"] for r in rows if r["instruction"] not in by_instruction]
+        if missing:
+            raise UsageError(f"{what} outputs file {path!r} has no output for {len(missing)} instruction(s), "
+                             f"e.g. {missing[0][:60]!r}")
+        return [str(by_instruction[r["instruction"]]["output"]) for r in rows], str(records[0]["generator"])
+    if source is None:
+        raise UsageError(f"say where the {what} outputs come from: --{what} PATH_OR_ID or --{what}_outputs FILE")
+    from posttrain.generation import SamplingParams, generate_cached
+
+    params = SamplingParams(n=1, temperature=args.temperature, top_p=args.top_p, max_new_tokens=args.max_new_tokens,
+                            seed=args.seed)
+    cache = Path(args.output_dir) / f"generations.{what}.jsonl"
+    completions = generate_cached(pool.lazy(source), [r["prompt"] for r in rows], params, cache)
+    return [c[0].text for c in completions], Path(source).name or source
+
+
+def judge_from_spec(spec: str, args, pool):
+    """`rule:<task>`, `reward:<path>`, `llm:<path>` or `llm-openai:<base_url>#<model>` -> a judge."""
+    kind, _, target = spec.partition(":")
+    if kind not in JUDGE_KINDS or not target:
+        raise UsageError(f"unknown judge {spec!r}; use rule:<task>, reward:<path>, llm:<path> or "
+                         "llm-openai:<base_url>#<model>")
+    from posttrain import judges
+
+    if kind == "rule":
+        from posttrain.data import get_task
+
+        return judges.RuleJudge(get_task(target).score, name=spec)
+    if kind == "reward":
+        return judges.RewardModelJudge.from_pretrained(target)
+    labels = tuple(args.judge_labels.split(","))
+    if len(labels) != 2 or not all(labels) or labels[0] == labels[1]:
+        raise UsageError(f"--judge_labels {args.judge_labels!r} must be two different labels, e.g. a,b")
+    if kind == "llm":
+        return judges.LLMJudge(pool.lazy(target), seed=args.judge_seed, labels=labels, name=spec)
+    base_url, _, model = target.partition("#")
+    if not model:
+        raise UsageError(f"judge {spec!r} needs the served model's name: llm-openai:<base_url>#<model>")
+    from posttrain.generation import OpenAICompatibleGenerator
+
+    return judges.LLMJudge(OpenAICompatibleGenerator(base_url, model), seed=args.judge_seed, labels=labels,
+                           name=spec)
+
+
+def annotation_key(judge_config: dict, instruction: str, reference: str, output: str) -> str:
+    text = json.dumps([judge_config, instruction, reference, output], sort_keys=True)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def annotate_cached(judge, rows: list[dict], references: list[str], outputs: list[str], cache: Path,
+                    judge_config: dict) -> list[dict]:
+    """Judge every example not already in the `cache` JSON lines (under this `judge_config`), appending each
+    batch as it is judged."""
+    keys = [annotation_key(judge_config, r["instruction"], ref, out) for r, ref, out in zip(rows, references, outputs)]
+    from posttrain.io import end_torn_line
+
+    done = {record["key"]: record for record in read_jsonl(cache)}
+    todo = [i for i, key in enumerate(keys) if key not in done]
+    end_torn_line(cache)  # a line cut by a kill would swallow the next record
+    for start in range(0, len(todo), JUDGE_BATCH):
+        batch = todo[start:start + JUDGE_BATCH]
+        answers = [rows[i]["answer"] for i in batch] if all("answer" in rows[i] for i in batch) else None
+        found = judge.annotate([rows[i]["instruction"] for i in batch], [references[i] for i in batch],
+                               [outputs[i] for i in batch], answers)
+        for i, annotation in zip(batch, found):
+            record = {"key": keys[i], "preference": annotation.preference, "swapped": annotation.swapped,
+                      "raw": annotation.raw}
+            append_jsonl(cache, record)
+            done[keys[i]] = record
+    return [done[key] for key in keys]
+
+
+def generate_and_judge(args) -> dict:
+    output_dir = Path(args.output_dir)
+    pool = ModelPool(args.backend, args.batch_size)
+    judge_pool = pool if args.judge_backend in (None, args.backend) else ModelPool(args.judge_backend, args.batch_size)
+    judge = judge_from_spec(args.judge, args, judge_pool)  # fail fast on a bad spec, before any generation
+    rows = instruction_rows(args)
+    outputs, model_name = outputs_for(rows, args.model, args.model_outputs, "model", args, pool)
+    references, reference_name = outputs_for(rows, args.reference, args.reference_outputs, "reference", args, pool)
+    model_name, reference_name = args.name or model_name, args.reference_name or reference_name
+    for name, texts, file in ((model_name, outputs, "model_outputs.json"),
+                              (reference_name, references, "reference_outputs.json")):
+        atomic_write_json(output_dir / file, [{"instruction": r["instruction"], "output": t, "generator": name}
+                                              for r, t in zip(rows, texts)])
+    judge_config = {"judge": args.judge, "seed": args.judge_seed, "labels": args.judge_labels,
+                    "backend": judge_pool.backend}
+    judged = annotate_cached(judge, rows, references, outputs, output_dir / "annotations.cache.jsonl", judge_config)
+    pool.close()
+    judge_pool.close()
+    annotations = [{"instruction": r["instruction"], "output_1": ref, "output_2": out, "generator_1": reference_name,
+                    "generator_2": model_name, "annotator": judge.name, "preference": j["preference"],
+                    "swapped": j["swapped"], "judge_seed": args.judge_seed, "raw": j["raw"]}
+                   for r, ref, out, j in zip(rows, references, outputs, judged)]
+    atomic_write_json(output_dir / "annotations.json", annotations)
+    failed = sum(a["preference"] is None for a in annotations)
+    if failed == len(annotations):
+        raise UsageError(f"the judge failed on all {failed} examples (see {output_dir / 'annotations.json'}); "
+                         "use a stronger judge model or a different judge")
+    metrics = leaderboard(annotations, outputs)
+    write_results(output_dir, model_name, metrics)
+    return metrics
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="posttrain eval winrate", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--annotations", help="score an AlpacaEval annotations JSON file and stop")
+    parser.add_argument("--model", help="model path or hub id whose outputs are judged")
+    parser.add_argument("--model_outputs", help="AlpacaEval outputs JSON (instead of --model)")
+    parser.add_argument("--reference", help="reference model path or hub id")
+    parser.add_argument("--reference_outputs", help="AlpacaEval outputs JSON (instead of --reference)")
+    parser.add_argument("--instructions", help="dataset: pg:<task>/<kind>, a local JSON/JSONL file or a hub id")
+    parser.add_argument("--split", default=None, help="dataset split (default: test for pg:, else train)")
+    parser.add_argument("--max_instructions", type=int, default=None)
+    parser.add_argument("--judge", default=None, help="rule:<task> | reward:<path> | llm:<path> | "
+                                                     "llm-openai:<base_url>#<model>")
+    parser.add_argument("--judge_seed", type=int, default=0, help="seed of the per-example output order")
+    parser.add_argument("--backend", default="auto", choices=["auto", "vllm", "transformers"])
+    parser.add_argument("--judge_labels", default="a,b", help="the LLM judge's two answer labels")
+    parser.add_argument("--judge_backend", default=None, choices=["auto", "vllm", "transformers"],
+                        help="backend of an llm: judge (default: --backend)")
+    parser.add_argument("--batch_size", type=int, default=64)
+    parser.add_argument("--max_new_tokens", type=int, default=256)
+    parser.add_argument("--temperature", type=float, default=0.0)
+    parser.add_argument("--top_p", type=float, default=1.0)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--name", default=None, help="the model's name in the outputs (default: from the source)")
+    parser.add_argument("--reference_name", default=None)
+    parser.add_argument("--output_dir", required=True)
+    return parser
+
+
+class _OneLineParser(argparse.ArgumentParser):
+    def error(self, message):
+        raise UsageError(f"posttrain eval winrate: {message}")
+
+
+def run(argv: list[str] | None = None) -> dict:
+    """Parse `argv`, run the chosen mode and return the metrics (bad input raises UsageError)."""
+    parser = build_parser()
+    parser.__class__ = _OneLineParser
+    args = parser.parse_args(argv)
+    if args.annotations is not None:
+        return score_annotations(args)
+    if args.judge is None:
+        raise UsageError("pass --judge (rule:<task>, reward:<path>, llm:<path>, llm-openai:<base_url>#<model>) "
+                         "or --annotations FILE")
+    return generate_and_judge(args)
+
+
+@exit_on_usage_error
+def main(argv: list[str] | None = None) -> None:
+    run(argv)

@@ -1,0 +1,81 @@
+"""Resumable generation: each finished prompt's completions are appended to a JSONL cache as soon as they exist,
+so a killed run resumes where it stopped and never regenerates a finished prompt.
+
+Every line is one prompt: {"index", "prompt_sha", "config_sha", "completions"}. `config_sha` hashes the sampling
+params and the model identity; a cache written under another config is refused (UsageError) rather than mixed in,
+so one file always holds one experiment. A line whose `prompt_sha` differs from the prompt now at that index (the
+prompt list changed) is ignored and that prompt is generated again; the newest line for an index wins.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import inspect
+import json
+import os
+
+from posttrain.errors import UsageError
+from posttrain.generation.types import Completion, Generator, SamplingParams
+from posttrain.io import append_jsonl, end_torn_line, read_jsonl
+
+
+def _sha(obj) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, ensure_ascii=False).encode()).hexdigest()[:16]
+
+
+def prompt_sha(prompt) -> str:
+    return _sha(prompt)
+
+
+def config_sha(params: SamplingParams, model_id: str) -> str:
+    return _sha({"params": params.to_dict(), "model": model_id})
+
+
+def load_cached(cache_path: str | os.PathLike, prompts: list, params: SamplingParams,
+                model_id: str) -> dict[int, list[Completion]]:
+    """index -> completions for the prompts this cache already holds under this config."""
+    config = config_sha(params, model_id)
+    done: dict[int, list[Completion]] = {}
+    for record in read_jsonl(cache_path):
+        if record.get("config_sha") != config:
+            raise UsageError(f"generation cache {str(cache_path)!r} was written with other sampling params or another "
+                             f"model (config {record.get('config_sha')} != {config}); delete it or pass another "
+                             "cache path")
+        index = record["index"]
+        if index < len(prompts) and record["prompt_sha"] == prompt_sha(prompts[index]):
+            done[index] = [Completion.from_dict(c) for c in record["completions"]]
+    return done
+
+
+def generate_cached(generator: Generator, prompts: list, params: SamplingParams, cache_path: str | os.PathLike,
+                    model_id: str | None = None, chunk_size: int = 64) -> list[list[Completion]]:
+    """`generator.generate(prompts, params)`, streamed to and resumed from `cache_path`.
+
+    `model_id` defaults to `generator.model_id`; pass one that changes whenever the weights do. Generators whose
+    `generate` takes `on_result` stream every finished prompt; others are called `chunk_size` prompts at a time.
+    """
+    model_id = model_id or getattr(generator, "model_id", None)
+    if not model_id:
+        raise UsageError("generate_cached needs a model_id (the generator has none): pass model_id='<model name>'")
+    done = load_cached(cache_path, prompts, params, model_id)
+    missing = [i for i in range(len(prompts)) if i not in done]
+    if missing:
+        end_torn_line(cache_path)
+        config = config_sha(params, model_id)
+
+        def record(local_index: int, completions: list[Completion]) -> None:
+            index = missing[local_index]
+            for completion in completions:
+                completion.prompt_index = index
+            done[index] = completions
+            append_jsonl(cache_path, {"index": index, "prompt_sha": prompt_sha(prompts[index]), "config_sha": config,
+                                      "completions": [c.to_dict() for c in completions]})
+
+        if "on_result" in inspect.signature(generator.generate).parameters:
+            generator.generate([prompts[i] for i in missing], params, on_result=record)
+        else:
+            for start in range(0, len(missing), chunk_size):
+                chunk = missing[start:start + chunk_size]
+                for offset, completions in enumerate(generator.generate([prompts[i] for i in chunk], params)):
+                    record(start + offset, completions)
+    return [done[i] for i in range(len(prompts))]
