@@ -68,13 +68,19 @@ def _run_seed(root: Path, tiny: Path, seed: int, task_name: str, num_pair_prompt
     return result
 
 
+def demo_tiny_model(output: Path) -> Path:
+    """The from-scratch starting point every demo seed shares: `<output>/tiny-llama`, built once."""
+    tiny = output / "tiny-llama"
+    if not tiny.exists():
+        make_tiny_model(tiny, tokenizer_corpus(), family="llama", seed=0)
+    return tiny
+
+
 def run_demo(output: str = "runs/demo", seeds: tuple[int, ...] = (0, 1), task_name: str = "sort8",
              num_pair_prompts: int = 3000, eval_examples: int = 500) -> list[dict]:
     """Run the pipeline for each seed; return one result row per seed and write `<output>/report.md`."""
     output = Path(output)
-    tiny = output / "tiny-llama"
-    if not tiny.exists():
-        make_tiny_model(tiny, tokenizer_corpus(), family="llama", seed=0)
+    tiny = demo_tiny_model(output)
     results = [_run_seed(output / f"seed{seed}", tiny, seed, task_name, num_pair_prompts, eval_examples)
                for seed in seeds]
     _write_demo_report(output, task_name, results)

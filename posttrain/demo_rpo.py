@@ -13,11 +13,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from posttrain.data.tasks import tokenizer_corpus
-from posttrain.demo import RECIPE_DIR, RECIPES, on_policy_pairs, read_json, train_stage
+from posttrain.demo import RECIPE_DIR, RECIPES, demo_tiny_model, on_policy_pairs, read_json, train_stage
 from posttrain.evaluation.proving_ground import epoch_accuracy_callback
 from posttrain.io import atomic_write_json, atomic_write_text, read_jsonl, write_jsonl
-from posttrain.models import load_tokenizer, make_tiny_model
+from posttrain.models import load_tokenizer
 
 RPO_RECIPE = str(RECIPE_DIR / "rpo/sort8_tiny_cpu.yaml")
 # name -> (recipe, overrides). All share lr 1e-4, 2 epochs, batch 16, cosine (the DPO/RPO toy recipes' settings).
@@ -67,9 +66,7 @@ def run_rpo_comparison(output: str = "runs/demo-rpo", seeds: tuple[int, ...] = (
                        num_pair_prompts: int = 3000, eval_examples: int = 500) -> list[dict]:
     """Train every variant for every seed; write `<output>/report.md` and `results.json`; return the rows."""
     output = Path(output)
-    tiny = output / "tiny-llama"
-    if not tiny.exists():
-        make_tiny_model(tiny, tokenizer_corpus(), family="llama", seed=0)
+    tiny = demo_tiny_model(output)
     rows = []
     for seed in seeds:
         root = output / f"seed{seed}"
