@@ -23,13 +23,15 @@ def default_cache_dir() -> str:
     return str(Path(os.environ.get("POSTTRAIN_CACHE", Path.home() / ".cache" / "posttrain")) / "ref_logps")
 
 
-def model_fingerprint(model) -> str:
+def model_fingerprint(model, frozen_only: bool = False) -> str:
     """SHA-256 over every parameter and buffer (name, dtype, values). ZeRO-3 partitions parameters across
-    processes, so each one is gathered in turn; all processes must call this together."""
+    processes, so each one is gathered in turn; all processes must call this together. `frozen_only` skips
+    trainable parameters (a fresh LoRA adapter, which the adapter-disabled reference never uses)."""
     import torch
 
     digest = hashlib.sha256()
-    named = sorted([*model.named_parameters(), *model.named_buffers()], key=lambda item: item[0])
+    parameters = [(n, p) for n, p in model.named_parameters() if not (frozen_only and p.requires_grad)]
+    named = sorted([*parameters, *model.named_buffers()], key=lambda item: item[0])
     for name, tensor in named:
         if hasattr(tensor, "ds_id"):
             import deepspeed
@@ -138,11 +140,16 @@ class ReferenceLogpsCacheMixin:
 
     def _reference_fingerprint(self) -> str:
         if getattr(self, "_reference_hash", None) is None:
+            from accelerate.utils import is_peft_model
+
             model = self.ref_model if self.ref_model is not None else self.model
             partitioned = any(hasattr(p, "ds_id") for p in model.parameters())
+            # The reference of a new LoRA adapter is the adapter-disabled base: its random init must not change the key.
+            disabled_adapter = self.ref_model is None and is_peft_model(model) and "ref" not in model.peft_config
             # TRL already hashed the unpartitioned model; under ZeRO-3 its hash would only see empty shards.
             trl_hash = getattr(self, "_precompute_model_hash", None)
-            self._reference_hash = trl_hash if trl_hash and not partitioned else model_fingerprint(model)
+            self._reference_hash = trl_hash if trl_hash and not (partitioned or disabled_adapter) \
+                else model_fingerprint(model, frozen_only=disabled_adapter)
         return self._reference_hash
 
     def _reference_forward(self, dataset, name: str, batch_size: int):

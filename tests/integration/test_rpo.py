@@ -17,15 +17,14 @@ from ..conftest import CPU_SETTINGS
 ROWS = 16
 
 
-def _trainer(trainer_class, config_class, model_dir, tmp_path, cache_dir, **config):
-    config = {"max_length": 64, **config}
-    args = config_class(output_dir=str(tmp_path / "out"), per_device_train_batch_size=8, seed=0, **CPU_SETTINGS,
-                        **config)
+def _trainer(trainer_class, config_class, model_dir, tmp_path, cache_dir, peft_config=None, **config):
+    config = {"max_length": 64, "seed": 0, **config}
+    args = config_class(output_dir=str(tmp_path / "out"), per_device_train_batch_size=8, **CPU_SETTINGS, **config)
     if cache_dir is not None:
         args.ref_logps_cache_dir = str(cache_dir)
     data = load_any_dataset("pg:sort8/preference", "train", num_examples=ROWS)
     return trainer_class(model=load_causal_lm(str(model_dir)), args=args, train_dataset=data,
-                         processing_class=load_tokenizer(str(model_dir)))
+                         processing_class=load_tokenizer(str(model_dir)), peft_config=peft_config)
 
 
 def _loss(trainer) -> float:
@@ -107,3 +106,19 @@ def test_rpo_config_rejects_bad_settings(tmp_path):
         RPOConfig(output_dir=str(tmp_path), sft_normalization="avg", **CPU_SETTINGS)
     with pytest.raises(ValueError, match=r"loss_type must be \[sigmoid\]"):
         RPOConfig(output_dir=str(tmp_path), loss_type=["sigmoid", "sft"], **CPU_SETTINGS)
+
+
+def test_lora_runs_share_the_cache_whatever_the_adapter_init(tiny_model_dir, tmp_path):
+    """Under LoRA the reference is the adapter-disabled base, so a fresh adapter's random init is not in the key."""
+    from peft import LoraConfig
+
+    lora = LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", task_type="CAUSAL_LM")
+    first = _rpo(tiny_model_dir, tmp_path, peft_config=lora, seed=1)
+    second = _rpo(tiny_model_dir, tmp_path, peft_config=lora, seed=2)
+    adapters = [{n: p for n, p in t.model.named_parameters() if "lora_A" in n} for t in (first, second)]
+    assert any(not torch.equal(adapters[0][n], adapters[1][n]) for n in adapters[0])  # different adapter inits
+    assert first.reference_forward_batches == ROWS // 8 and second.reference_forward_batches == 0
+    # The cached values are the base model's: the same as a full fine-tuning run computes.
+    full = _trainer(DPOTrainer, DPOConfig, tiny_model_dir, tmp_path, tmp_path / "full-cache")
+    assert torch.allclose(torch.tensor(second.train_dataset["ref_chosen_logps"]),
+                          torch.tensor(full.train_dataset["ref_chosen_logps"]), atol=1e-5)
