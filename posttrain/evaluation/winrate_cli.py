@@ -126,10 +126,10 @@ class ModelPool:
     released, and outputs already in a cache need no model at all."""
 
     def __init__(self, backend: str, batch_size: int):
-        import importlib.util
+        from posttrain.generation.loading import default_backend
 
         if backend == "auto":
-            backend = "vllm" if importlib.util.find_spec("vllm") is not None else "transformers"
+            backend = default_backend()
         self.backend, self.batch_size = backend, batch_size
         self.source, self.generator = None, None
 
@@ -148,8 +148,10 @@ class ModelPool:
     def close(self) -> None:
         import gc
 
+        if hasattr(self.generator, "close"):  # a vLLM engine: stop its processes and free its memory now
+            self.generator.close()
         self.source, self.generator = None, None
-        gc.collect()  # a dropped vLLM engine shuts down when collected
+        gc.collect()
 
 
 class LazyGenerator:
