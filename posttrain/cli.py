@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from posttrain.errors import UsageError, exit_on_usage_error
+from posttrain.errors import OneLineArgumentParser, UsageError, exit_on_usage_error
 
 
 def _methods(_args) -> None:
@@ -76,7 +76,7 @@ def _demo(args) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="posttrain", description=__doc__)
+    parser = OneLineArgumentParser(prog="posttrain", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("train", help="train a recipe: posttrain train --config <recipe.yaml> [--key value ...]",
                         add_help=False)
@@ -129,11 +129,6 @@ def _forward_eval(argv: list[str]) -> None:
     _import(EVALUATIONS[argv[0]])(argv[1:])
 
 
-class _OneLineParser(argparse.ArgumentParser):
-    def error(self, message):
-        raise UsageError(message)
-
-
 @exit_on_usage_error
 def main(argv: list[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -145,9 +140,7 @@ def main(argv: list[str] | None = None) -> None:
     if argv and argv[0] == "eval":
         _forward_eval(argv[1:])
         return
-    parser = build_parser()
-    parser.__class__ = _OneLineParser
-    args = parser.parse_args(argv)
+    args = build_parser().parse_args(argv)
     args.func(args)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import functools
 import sys
 from collections.abc import Callable
@@ -14,6 +15,15 @@ EXIT_USAGE = 2
 
 class UsageError(Exception):
     """A mistake the user can fix (bad recipe, missing file, wrong column). Printed as one line."""
+
+
+class OneLineArgumentParser(argparse.ArgumentParser):
+    """argparse that raises `UsageError` instead of printing usage: one line, exit code 2 under
+    `exit_on_usage_error`. A subcommand's message starts with its name (e.g. `posttrain eval mmlu: ...`);
+    subparsers inherit this class."""
+
+    def error(self, message):
+        raise UsageError(f"{self.prog}: {message}" if " " in self.prog else message)
 
 
 def exit_on_usage_error(func: Callable[..., T]) -> Callable[..., T]:

@@ -157,3 +157,14 @@ def load_causal_lm(name_or_path: str, revision: str | None = None, trust_remote_
         return AutoModelForCausalLM.from_pretrained(name_or_path, **kwargs)
     except OSError as err:
         raise UsageError(f"cannot load model {name_or_path!r}: {str(err).splitlines()[0]}") from None
+
+
+def left_pad(sequences: list[list[int]], pad_id: int):
+    """(input_ids, attention_mask) tensors with every sequence right-aligned, so each row's last positions are its
+    own last tokens (what batched generation and continuation scoring need)."""
+    import torch
+
+    width = max(map(len, sequences))
+    input_ids = torch.tensor([[pad_id] * (width - len(ids)) + list(ids) for ids in sequences])
+    attention = torch.tensor([[0] * (width - len(ids)) + [1] * len(ids) for ids in sequences])
+    return input_ids, attention

@@ -16,6 +16,7 @@ import os
 from dataclasses import dataclass, field
 
 from posttrain.errors import UsageError
+from posttrain.models import left_pad
 
 Request = tuple[str, str]  # (context, continuation)
 Encoded = tuple[list[int], list[int]]  # (context tokens, continuation tokens)
@@ -153,10 +154,9 @@ class TransformersScorer(ContinuationScorer):
         import torch
 
         device = next(self.model.parameters()).device
-        width, keep = max(len(g.input_ids) for g in batch), max(g.positions for g in batch)
+        keep = max(g.positions for g in batch)
         pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
-        input_ids = torch.tensor([[pad] * (width - len(g.input_ids)) + list(g.input_ids) for g in batch])
-        mask = torch.tensor([[0] * (width - len(g.input_ids)) + [1] * len(g.input_ids) for g in batch])
+        input_ids, mask = left_pad([g.input_ids for g in batch], pad)
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
         kwargs = {"logits_to_keep": keep} if self._keeps_logits else {}
         with torch.inference_mode():

@@ -11,16 +11,11 @@ import argparse
 import time
 from pathlib import Path
 
-from posttrain.errors import UsageError, exit_on_usage_error
+from posttrain.errors import OneLineArgumentParser, UsageError, exit_on_usage_error
 from posttrain.evaluation.loglikelihood import BACKENDS
 
 SCORE_SETTINGS = ("model", "revision", "data", "num_fewshot", "apply_chat_template", "fewshot_as_multiturn",
                   "backend", "max_length", "dtype")
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message):
-        raise UsageError(f"posttrain eval mmlu: {message}")
 
 
 def _flag(value: str) -> bool:
@@ -30,7 +25,8 @@ def _flag(value: str) -> bool:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="posttrain eval mmlu", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = OneLineArgumentParser(prog="posttrain eval mmlu", description=__doc__,
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", required=True, help="model folder or hub id")
     p.add_argument("--data", default="cais/mmlu", help="folder with dev/ and test/ CSVs, or a hub id (cais/mmlu)")
     p.add_argument("--subjects", nargs="+", default=None, help="subject names (space or comma separated); all if unset")

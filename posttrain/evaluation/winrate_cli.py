@@ -18,7 +18,7 @@ import json
 import math
 from pathlib import Path
 
-from posttrain.errors import UsageError, exit_on_usage_error
+from posttrain.errors import OneLineArgumentParser, UsageError, exit_on_usage_error
 from posttrain.evaluation.winrate import avg_length, winrate_metrics
 from posttrain.io import append_jsonl, atomic_write_json, read_jsonl
 
@@ -278,7 +278,7 @@ def generate_and_judge(args) -> dict:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="posttrain eval winrate", description=__doc__,
+    parser = OneLineArgumentParser(prog="posttrain eval winrate", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--annotations", help="score an AlpacaEval annotations JSON file and stop")
     parser.add_argument("--model", help="model path or hub id whose outputs are judged")
@@ -306,16 +306,9 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-class _OneLineParser(argparse.ArgumentParser):
-    def error(self, message):
-        raise UsageError(f"posttrain eval winrate: {message}")
-
-
 def run(argv: list[str] | None = None) -> dict:
     """Parse `argv`, run the chosen mode and return the metrics (bad input raises UsageError)."""
-    parser = build_parser()
-    parser.__class__ = _OneLineParser
-    args = parser.parse_args(argv)
+    args = build_parser().parse_args(argv)
     if args.annotations is not None:
         return score_annotations(args)
     if args.judge is None:

@@ -7,6 +7,7 @@ from collections.abc import Callable
 
 from posttrain.generation.decoding import StepLogprobs, TokenTexts, encode_prompt, eos_ids, finish_completion
 from posttrain.generation.types import Completion, SamplingParams
+from posttrain.models import left_pad
 
 OnResult = Callable[[int, list[Completion]], None]
 
@@ -57,9 +58,8 @@ class TransformersGenerator:
 
         pad = self.tokenizer.pad_token_id
         device = next(self.model.parameters()).device
-        width = max(map(len, batch))
-        input_ids = torch.tensor([[pad] * (width - len(ids)) + ids for ids in batch], device=device)
-        attention = torch.tensor([[0] * (width - len(ids)) + [1] * len(ids) for ids in batch], device=device)
+        input_ids, attention = (tensor.to(device) for tensor in left_pad(batch, pad))
+        width = input_ids.shape[1]
         sample, want_logprobs = not params.greedy, params.logprobs is not None
         enders = eos_ids(self.tokenizer, self.model.generation_config)
         stop_options = {"stop_strings": list(params.stop), "tokenizer": self.tokenizer} if params.stop else {}
