@@ -107,21 +107,19 @@ class ReferenceLogpsCacheMixin:
         cache_dir = getattr(self.args, "ref_logps_cache_dir", None)
         if not cache_dir:
             return super()._precompute_ref_logps(dataset, name, batch_size)
-        from accelerate.utils import broadcast_object_list
-
         from posttrain.errors import UsageError
 
         if len(dataset) == 0:
             raise UsageError(f"no {name} example fits max_length={self.args.max_length} (every prompt alone is "
                              f"longer); raise max_length")
-        path = Path(cache_dir) / f"{self._broadcast(cache_key(self._reference_fingerprint(), dataset, self.args))}" \
-                                 f".safetensors"
-        loaded = [load_ref_logps(path) if self.accelerator.is_main_process and path.exists() else None]
-        broadcast_object_list(loaded, from_process=0)  # other nodes may not share the cache's file system
-        if loaded[0] is not None and len(loaded[0][0]) == len(dataset):
+        key = self._broadcast(cache_key(self._reference_fingerprint(), dataset, self.args))
+        path = Path(cache_dir) / f"{key}.safetensors"
+        # Rank 0 reads and sends: other nodes may not share the cache's file system.
+        loaded = self._broadcast(load_ref_logps(path) if self.accelerator.is_main_process and path.exists() else None)
+        if loaded is not None and len(loaded[0]) == len(dataset):
             self.accelerator.print(f"posttrain: reference log-probs for {name} ({len(dataset)} rows) loaded from "
                                    f"cache {path}; no reference forward pass")
-            return with_ref_columns(dataset, *loaded[0])
+            return with_ref_columns(dataset, *loaded)
         chosen, rejected = self._reference_forward(dataset, name, batch_size)
         if self.accelerator.is_main_process:
             save_ref_logps(path, chosen, rejected, {"model": str(self.model.config._name_or_path), "split": name,
@@ -132,6 +130,7 @@ class ReferenceLogpsCacheMixin:
         return with_ref_columns(dataset, chosen, rejected)
 
     def _broadcast(self, value):
+        """Rank 0's `value` on every process."""
         from accelerate.utils import broadcast_object_list
 
         holder = [value]
