@@ -1,0 +1,77 @@
+"""Step timing, peak memory and model-FLOPs utilisation for the benchmarks and the GPU check.
+
+FLOPs follow the usual dense-transformer count (Kaplan et al. 2020; PaLM appendix B): a forward pass costs
+2 FLOPs per linear weight per token plus 4 * layers * sequence * attention width for the attention scores and
+values. Training with weight gradients costs 3x the forward; with frozen base weights (LoRA) the backward still
+propagates activation gradients through them, so about 2x the forward.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+
+H100_SXM_BF16_DENSE_FLOPS = 989e12  # NVIDIA's spec sheet, dense (no sparsity)
+
+
+def step_timer():
+    """A TrainerCallback that records each optimizer step's wall time, synchronising CUDA at both ends."""
+    import torch
+    from transformers import TrainerCallback
+
+    def sync():
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+
+    class StepTimer(TrainerCallback):
+        def __init__(self):
+            self.durations: list[float] = []
+            self._began = 0.0
+
+        def on_step_begin(self, *args, **kwargs):
+            sync()
+            self._began = time.perf_counter()
+
+        def on_step_end(self, *args, **kwargs):
+            sync()
+            self.durations.append(time.perf_counter() - self._began)
+
+        def median(self, skip: int) -> float:
+            timed = self.durations[skip:]
+            if not timed:
+                raise ValueError(f"only {len(self.durations)} steps ran; nothing left to time after {skip} warm-up")
+            return statistics.median(timed)
+
+    return StepTimer()
+
+
+def peak_memory_mib(device: str) -> float:
+    """Peak CUDA memory allocated by this process, or its max resident set size on CPU."""
+    if device == "cuda":
+        import torch
+
+        return torch.cuda.max_memory_allocated() / 2**20
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def linear_weights(model) -> int:
+    """Weights that take part in a matmul per token: every nn.Linear (the LM head too, even when tied)."""
+    import torch
+
+    return sum(m.weight.numel() for m in model.modules() if isinstance(m, torch.nn.Linear))
+
+
+def forward_flops_per_token(linear_params: int, num_layers: int, seq_len: int, attention_width: int) -> float:
+    return 2.0 * linear_params + 4.0 * num_layers * seq_len * attention_width
+
+
+def step_flops(model_config, linear_params: int, tokens: int, seq_len: int, weight_grads: bool = True,
+               extra_forwards: int = 0) -> float:
+    """FLOPs one optimizer step needs: `tokens` trained through forward + backward (3x forward with weight
+    gradients, 2x without), plus `extra_forwards` no-grad passes over the same tokens (e.g. a live reference)."""
+    head_dim = getattr(model_config, "head_dim", None) or model_config.hidden_size // model_config.num_attention_heads
+    forward = forward_flops_per_token(linear_params, model_config.num_hidden_layers, seq_len,
+                                      model_config.num_attention_heads * head_dim)
+    return tokens * forward * ((3 if weight_grads else 2) + extra_forwards)

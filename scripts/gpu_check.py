@@ -1,0 +1,205 @@
+"""GPU check: RPO and DPO training steps on a ~0.5B Qwen2-shaped model, full-parameter and LoRA, on one GPU.
+
+Builds Qwen2.5-0.5B's architecture from a config (random init, bf16, sdpa attention; no download), writes a
+synthetic preference set of fixed lengths, and trains each configuration through the normal recipe path
+(`posttrain.train.build_trainer`). Reports per configuration: median step time, tokens/s, model-FLOPs utilisation
+against 989 TFLOP/s (H100 SXM dense bf16), and peak CUDA memory. Run through `scripts/gpu_check.sh`.
+
+Configurations (same model, data and batch):
+  dpo-full         DPO, full parameters, reference log-probs from the cache
+  rpo-full         RPO (sum, eta 0.005, beta 0.01), full parameters, reference from the cache
+  rpo-full-live    RPO with a live reference model (precompute off): the cache's step-time and memory saving
+  dpo-lora         DPO, LoRA r16 all-linear, reference = adapter-disabled base, cached
+  rpo-lora         RPO, LoRA r16 all-linear, cached reference
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import random
+import sys
+import time
+from pathlib import Path
+
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+QWEN2_05B = dict(hidden_size=896, intermediate_size=4864, num_hidden_layers=24, num_attention_heads=14,
+                 num_key_value_heads=2, vocab_size=151936, max_position_embeddings=32768, rope_theta=1e6,
+                 rms_norm_eps=1e-6, tie_word_embeddings=True)
+SMOKE_SHAPE = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=2,
+                   num_key_value_heads=1, vocab_size=512, max_position_embeddings=1024)
+CONFIGS = {
+    "dpo-full": {"method": "dpo"},
+    "rpo-full": {"method": "rpo", "rpo_eta": 0.005, "sft_normalization": "sum"},
+    "rpo-full-live": {"method": "rpo", "rpo_eta": 0.005, "sft_normalization": "sum",
+                      "precompute_ref_log_probs": False},
+    "dpo-lora": {"method": "dpo", "use_peft": True},
+    "rpo-lora": {"method": "rpo", "rpo_eta": 0.005, "sft_normalization": "sum", "use_peft": True},
+}
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--output", default="runs/gpu_check", help="folder for results.json and results.md")
+    parser.add_argument("--batch", type=int, default=8, help="preference pairs per step")
+    parser.add_argument("--prompt_len", type=int, default=256, help="prompt tokens")
+    parser.add_argument("--completion_len", type=int, default=256, help="tokens per chosen/rejected answer")
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--steps", type=int, default=10, help="timed steps")
+    parser.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=list(CONFIGS))
+    parser.add_argument("--peak_tflops", type=float, default=989.0, help="denominator of MFU (H100 SXM dense bf16)")
+    parser.add_argument("--cpu_smoke_test", action="store_true",
+                        help="a 2-layer, 64-wide model on CPU in fp32: checks the script itself, measures nothing")
+    return parser.parse_args(argv)
+
+
+def build_model(workdir: Path, smoke: bool) -> tuple[Path, int]:
+    import torch
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    from posttrain.data import tokenizer_corpus
+    from posttrain.models import build_tiny_tokenizer
+
+    tokenizer = build_tiny_tokenizer(tokenizer_corpus())  # digits are single tokens, so lengths are exact
+    tokenizer.model_max_length = 32768
+    shape = {**QWEN2_05B, **(SMOKE_SHAPE if smoke else {})}
+    config = Qwen2Config(**shape, pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
+                         eos_token_id=tokenizer.eos_token_id)
+    torch.manual_seed(0)
+    with torch.device("cpu" if smoke else "cuda"):
+        model = Qwen2ForCausalLM(config).to(torch.float32 if smoke else torch.bfloat16)
+    path = workdir / "qwen2-0.5b-random"
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    parameters = model.num_parameters()
+    del model
+    return path, parameters
+
+
+def write_pairs(path: Path, rows: int, prompt_len: int, completion_len: int) -> Path:
+    rng = random.Random(0)
+
+    def digits(n):
+        return "".join(rng.choice("0123456789") for _ in range(n))
+
+    with path.open("w") as f:
+        for _ in range(rows):
+            f.write(json.dumps({"prompt": digits(prompt_len), "chosen": digits(completion_len),
+                                "rejected": digits(completion_len)}) + "\n")
+    return path
+
+
+def run_config(name: str, model: Path, data: Path, workdir: Path, args) -> dict:
+    import torch
+
+    from posttrain.profiling import linear_weights, peak_memory_mib, step_flops, step_timer
+    from posttrain.recipe import load_recipe
+    from posttrain.train import build_trainer
+
+    recipe_values = {
+        "model_name_or_path": str(model), "attn_implementation": "sdpa", "dataset_name": str(data),
+        "output_dir": str(workdir / name), "beta": 0.01,
+        **({"use_cpu": True, "bf16": False} if args.cpu_smoke_test else {"dtype": "bfloat16", "bf16": True}),
+        "learning_rate": 5e-6, "lr_scheduler_type": "constant", "warmup_steps": 0,
+        "per_device_train_batch_size": args.batch, "gradient_accumulation_steps": 1,
+        "max_steps": args.warmup + args.steps, "max_length": args.prompt_len + args.completion_len + 8,
+        "gradient_checkpointing": False, "save_strategy": "no", "logging_steps": 1, "report_to": "none",
+        "disable_tqdm": True, "seed": 0, "dataloader_num_workers": 2,
+        "lora_r": 16, "lora_alpha": 32, "lora_dropout": 0.0, "lora_target_modules": ["all-linear"],
+        "ref_logps_cache_dir": str(workdir / "ref_cache"), **CONFIGS[name],
+    }
+    recipe_path = workdir / f"{name}.yaml"
+    recipe_path.write_text(yaml.safe_dump(recipe_values))
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+    began = time.perf_counter()
+    trainer = build_trainer(load_recipe(str(recipe_path)))
+    timer = step_timer()
+    trainer.add_callback(timer)
+    trainer.train()
+    total_s = time.perf_counter() - began
+    row = trainer.train_dataset[0]
+    seq_len = len(row["prompt_ids"]) + len(row["chosen_ids"])
+    tokens = args.batch * 2 * seq_len  # fixed lengths: no padding in any batch
+    median = timer.median(args.warmup)
+    unwrapped = trainer.accelerator.unwrap_model(trainer.model)
+    flops = step_flops(unwrapped.config, linear_weights(unwrapped), tokens, seq_len,
+                       weight_grads=not CONFIGS[name].get("use_peft", False),
+                       extra_forwards=0 if CONFIGS[name].get("precompute_ref_log_probs", True) else 1)
+    result = {
+        "config": name, "median_step_s": round(median, 4), "tokens_per_step": tokens,
+        "tokens_per_s": round(tokens / median), "tflops_per_s": round(flops / median / 1e12, 1),
+        "mfu": round(flops / median / (args.peak_tflops * 1e12), 4),
+        "peak_memory_gib": round(peak_memory_mib("cpu" if args.cpu_smoke_test else "cuda") / 1024, 2),
+        "wall_s_incl_setup": round(total_s, 1),
+        "trainable_params": sum(p.numel() for p in unwrapped.parameters() if p.requires_grad),
+        "reference_model_loaded": trainer.ref_model is not None,
+        "final_loss": next((h["loss"] for h in reversed(trainer.state.log_history) if "loss" in h), None),
+    }
+    del trainer, unwrapped
+    gc.collect()
+    return result
+
+
+def markdown(results: list[dict], setup: dict) -> str:
+    lines = [f"# GPU check: {setup['gpu']}", "",
+             f"Qwen2-0.5B-shaped model ({setup['parameters'] / 1e6:.0f}M parameters, random init, bf16, sdpa), "
+             f"{setup['batch']} pairs x ({setup['prompt_len']} prompt + {setup['completion_len']} answer) tokens "
+             f"per step, median of {setup['steps']} steps after {setup['warmup']} warm-up. MFU against "
+             f"{setup['peak_tflops']:.0f} TFLOP/s.", "",
+             "| config | step s | tokens/s | TFLOP/s | MFU | peak GiB | trainable | ref model loaded | loss |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for r in results:
+        lines.append(f"| {r['config']} | {r['median_step_s']:.4f} | {r['tokens_per_s']:,} | {r['tflops_per_s']} | "
+                     f"{r['mfu']:.1%} | {r['peak_memory_gib']} | {r['trainable_params'] / 1e6:.1f}M | "
+                     f"{r['reference_model_loaded']} | {r['final_loss']:.4f} |")
+    by_name = {r["config"]: r for r in results}
+    if {"rpo-full", "rpo-full-live"} <= set(by_name):
+        cached, live = by_name["rpo-full"], by_name["rpo-full-live"]
+        lines += ["", f"RPO cached / live reference: step time {cached['median_step_s'] / live['median_step_s']:.3f}, "
+                      f"peak memory {cached['peak_memory_gib'] / live['peak_memory_gib']:.3f}."]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None) -> list[dict]:
+    import tempfile
+
+    import torch
+
+    args = parse_args(argv)
+    if not (torch.cuda.is_available() or args.cpu_smoke_test):
+        print("gpu_check: no CUDA GPU is visible to torch; nothing to measure", file=sys.stderr)
+        sys.exit(2)
+    from posttrain.io import atomic_write_json, atomic_write_text
+
+    output = Path(args.output)
+    output.mkdir(parents=True, exist_ok=True)
+    results: list[dict] = []
+    with tempfile.TemporaryDirectory(prefix="gpu-check-") as tmp:
+        workdir = Path(tmp)
+        began = time.perf_counter()
+        model, parameters = build_model(workdir, args.cpu_smoke_test)
+        data = write_pairs(workdir / "pairs.jsonl", args.batch * (args.warmup + args.steps), args.prompt_len,
+                           args.completion_len)
+        print(f"gpu_check: model and data ready in {time.perf_counter() - began:.1f}s", flush=True)
+        for name in args.configs:
+            results.append(run_config(name, model, data, workdir, args))
+            print("gpu_check: " + json.dumps(results[-1]), flush=True)
+            gpu = "CPU smoke test (not a measurement)" if args.cpu_smoke_test else torch.cuda.get_device_name()
+            setup = {"gpu": gpu, "parameters": parameters, "torch": torch.__version__,
+                     **{k: getattr(args, k) for k in ("batch", "prompt_len", "completion_len", "warmup", "steps",
+                                                       "peak_tflops")}}
+            atomic_write_json(output / "results.json", {"setup": setup, "results": results})
+            atomic_write_text(output / "results.md", markdown(results, setup))
+    print(markdown(results, setup))
+    return results
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# One prepared check for a single H100/H200 GPU machine without network access (under 5 minutes):
+# RPO and DPO training steps on a ~0.5B Qwen2-shaped model built from config (bf16, sdpa), full-parameter and LoRA;
+# prints tokens/s, MFU against 989 TFLOP/s and peak memory, and writes results.json / results.md.
+#
+#   bash scripts/gpu_check.sh [output_dir]        # default runs/gpu_check
+#
+# Uses the machine's python3 (override with PYTHON=...). Packages the machine lacks (e.g. trl, datasets) can be
+# brought as wheels in $GPU_CHECK_WHEELS (default .whl/); they are installed into a temporary folder, not the system.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+out=${1:-runs/gpu_check}
+if ! nvidia-smi -L >/dev/null 2>&1; then
+  echo "gpu_check: no NVIDIA GPU found (nvidia-smi -L failed); nothing to measure" >&2
+  exit 2
+fi
+wheels=${GPU_CHECK_WHEELS:-.whl}
+if compgen -G "$wheels/*.whl" >/dev/null; then
+  site=$(mktemp -d)
+  "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target "$site" "$wheels"/*.whl
+  export PYTHONPATH="$site${PYTHONPATH:+:$PYTHONPATH}"
+fi
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
+"$PY" -c 'import torch, transformers, trl, peft, accelerate, datasets
+print("versions:", *(f"{m.__name__} {m.__version__}" for m in (torch, transformers, trl, peft, accelerate, datasets)))'
+timeout 290 "$PY" scripts/gpu_check.py --output "$out"
