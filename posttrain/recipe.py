@@ -40,6 +40,10 @@ class RunArguments:
     tiny_model_family: str = field(default="llama", metadata={"help": "Tiny model family: llama or qwen2."})
     auto_resume: bool = field(
         default=True, metadata={"help": "Resume from the newest checkpoint in output_dir when one exists."})
+    reset_optimizer_on_resume: bool = field(
+        default=False, metadata={"help": "Resume a checkpoint saved under another topology (e.g. ZeRO-3 on N "
+                                         "processes, resumed without DeepSpeed) from its weights, step and schedule "
+                                         "with a fresh optimizer state."})
     eval_task: str | None = field(
         default=None, metadata={"help": "Proving-ground task whose judge scores the trained model (e.g. sort8)."})
     eval_num_examples: int = field(default=200, metadata={"help": "Held-out prompts for the post-training eval."})

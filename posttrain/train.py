@@ -13,6 +13,7 @@ from posttrain.data import load_any_dataset, tokenizer_corpus, validate_columns
 from posttrain.errors import UsageError
 from posttrain.models import load_causal_lm, load_tokenizer, make_tiny_model
 from posttrain.recipe import Recipe, parse_recipe
+from posttrain.resume import check_resume, current_topology, restore_schedule_callback, topology_callback
 from posttrain.runs import last_checkpoint, metrics_callback, prepare_run_dir
 
 logger = logging.getLogger("posttrain")
@@ -33,6 +34,20 @@ def _load_model(recipe: Recipe):
     from trl import get_quantization_config
 
     model_args = recipe.model
+    if model_args.load_in_4bit or model_args.load_in_8bit:  # bitsandbytes' quantised layers run on CUDA only
+        import importlib.util
+
+        import torch
+
+        flag = "load_in_4bit" if model_args.load_in_4bit else "load_in_8bit"
+        lacking = [reason for reason, missing in (
+            ("the recipe sets use_cpu: true", recipe.training.use_cpu),
+            ("no CUDA GPU is visible", not recipe.training.use_cpu and not torch.cuda.is_available()),
+            ("bitsandbytes is not installed", importlib.util.find_spec("bitsandbytes") is None)) if missing]
+        if lacking:
+            raise UsageError(f"{flag} (QLoRA) needs a CUDA GPU and the bitsandbytes package, but "
+                             f"{' and '.join(lacking)}; set {flag} false (plain LoRA) or run on a GPU with "
+                             f"`pip install bitsandbytes` and --use_cpu false")
     extra = {}
     quantization = get_quantization_config(model_args)
     if quantization is not None:  # QLoRA: each process holds its quantised copy on its own device
@@ -67,11 +82,13 @@ def build_trainer(recipe: Recipe, callbacks: list | None = None):
                                recipe.training.trust_remote_code)
     train, evaluation = _load_datasets(recipe)  # before the model: a data mistake fails fast
     model = _load_model(recipe)
-    return recipe.method.trainer_class(
+    trainer = recipe.method.trainer_class(
         model=model, args=recipe.training, train_dataset=train, eval_dataset=evaluation,
         processing_class=tokenizer, peft_config=get_peft_config(recipe.model),
         callbacks=[metrics_callback(run_dir), *(callbacks or [])],
     )
+    trainer.add_callback(topology_callback(current_topology(trainer.accelerator)))
+    return trainer
 
 
 @contextmanager
@@ -131,6 +148,10 @@ def train(recipe: Recipe, callbacks: list | None = None) -> Path:
         return run_dir
     trainer = build_trainer(recipe, callbacks)
     if resume:
+        if check_resume(resume, trainer.accelerator, recipe.run.reset_optimizer_on_resume):
+            trainer.add_callback(restore_schedule_callback(resume))
+            trainer.accelerator.print(f"posttrain: resuming weights, step and schedule from {resume} with a fresh "
+                                      f"optimizer state (reset_optimizer_on_resume)")
         trainer.accelerator.print(f"posttrain: resuming from {resume}")
     result = trainer.train(resume_from_checkpoint=resume)
     trainer.save_model(str(run_dir))

@@ -1,7 +1,9 @@
 """Two-process DeepSpeed ZeRO-3 training on CPU through `accelerate launch`, on a tiny model built in a tmp dir.
 
-Checks that the run finishes, writes its run directory, saves a full (gathered, not partitioned) HF checkpoint,
-runs the main-process post-training eval without hanging the other rank, and resumes when rerun.
+Checks that every method's run finishes, writes its run directory, saves a full (gathered, not partitioned) HF
+checkpoint, runs the main-process post-training eval without hanging the other rank, and resumes when rerun; that the
+step-1 loss equals a single-process run's on the same global batch; and that a 2-process ZeRO-3 checkpoint resumed by
+one plain process fails with a clear error, or continues when asked to with a fresh optimizer.
 The first DeepSpeed run on a machine compiles a small shared-memory op (about a minute, then cached).
 """
 
@@ -22,6 +24,7 @@ pytestmark = pytest.mark.distributed
 REPO = Path(__file__).resolve().parents[2]
 ZERO3 = REPO / "recipes" / "accelerate" / "cpu_deepspeed_zero3.yaml"
 TIMEOUT_S = 600  # a hang (e.g. a collective only one rank joins) fails the test instead of blocking CI
+PER_DEVICE_BATCH = 8
 
 
 def _free_port() -> int:
@@ -30,19 +33,54 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _launch(method: str, model: Path, output_dir: Path, *extra: str, cache: Path | None = None
-            ) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(ZERO3),
-           "--main_process_port", str(_free_port()), str(REPO / "scripts" / "train.py"),
-           "--config", str(REPO / "recipes" / method / "sort8_tiny_cpu.yaml"),
-           "--model_name_or_path", str(model), "--output_dir", str(output_dir),
-           "--max_steps", "3", "--save_steps", "3", "--logging_steps", "1", "--dataset_num_examples", "64",
-           "--build_tiny_model_if_missing", "false", *extra]
-    env = {**os.environ, "TOKENIZERS_PARALLELISM": "false", **({"POSTTRAIN_CACHE": str(cache)} if cache else {})}
-    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=TIMEOUT_S)
-    assert proc.returncode == 0, (
+def _recipe_args(method: str, model: Path, output_dir: Path, *extra: str) -> list[str]:
+    return ["--config", str(REPO / "recipes" / method / "sort8_tiny_cpu.yaml"),
+            "--model_name_or_path", str(model), "--output_dir", str(output_dir),
+            "--max_steps", "3", "--save_steps", "3", "--logging_steps", "1", "--dataset_num_examples", "64",
+            "--per_device_train_batch_size", str(PER_DEVICE_BATCH), "--build_tiny_model_if_missing", "false", *extra]
+
+
+def _env(cache: Path | None = None) -> dict[str, str]:
+    return {**os.environ, "TOKENIZERS_PARALLELISM": "false", **({"POSTTRAIN_CACHE": str(cache)} if cache else {})}
+
+
+def _check(proc: subprocess.CompletedProcess, returncode: int = 0) -> subprocess.CompletedProcess:
+    assert proc.returncode == returncode, (
         f"exit {proc.returncode}\n--- stdout\n{proc.stdout[-4000:]}\n--- stderr\n{proc.stderr[-6000:]}")
     return proc
+
+
+def _launch(method: str, model: Path, output_dir: Path, *extra: str, cache: Path | None = None
+            ) -> subprocess.CompletedProcess:
+    """2 processes, DeepSpeed ZeRO-3, PER_DEVICE_BATCH each."""
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(ZERO3),
+           "--main_process_port", str(_free_port()), str(REPO / "scripts" / "train.py"),
+           *_recipe_args(method, model, output_dir, *extra)]
+    return _check(subprocess.run(cmd, cwd=REPO, env=_env(cache), capture_output=True, text=True, timeout=TIMEOUT_S))
+
+
+def _single_process(method: str, model: Path, output_dir: Path, *extra: str, returncode: int = 0,
+                    cache: Path | None = None) -> subprocess.CompletedProcess:
+    """One plain process (no accelerate launch, no DeepSpeed)."""
+    cmd = [sys.executable, str(REPO / "scripts" / "train.py"), *_recipe_args(method, model, output_dir, *extra)]
+    proc = subprocess.run(cmd, cwd=REPO, env=_env(cache), capture_output=True, text=True, timeout=TIMEOUT_S)
+    return _check(proc, returncode)
+
+
+def _metrics(run_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
+
+
+def _step_loss(run_dir: Path, step: int) -> float:
+    return next(row["loss"] for row in _metrics(run_dir) if row.get("step") == step and "loss" in row)
+
+
+def _assert_step1_loss_matches_single_process(method: str, model: Path, zero3_dir: Path, tmp_path: Path) -> None:
+    """Same data, seed and global batch (2 x PER_DEVICE_BATCH) in one process: the step-1 loss must agree."""
+    single = tmp_path / f"{method}-single"
+    _single_process(method, model, single, "--per_device_train_batch_size", str(2 * PER_DEVICE_BATCH),
+                    "--max_steps", "1", "--eval_task", "", cache=tmp_path / "single-cache")
+    assert abs(_step_loss(zero3_dir, 1) - _step_loss(single, 1)) <= 1e-4
 
 
 def _shapes(path: Path) -> dict[str, tuple[int, ...]]:
@@ -54,9 +92,8 @@ def _shapes(path: Path) -> dict[str, tuple[int, ...]]:
 
 def _check_run_dir(run_dir: Path, input_model: Path) -> None:
     assert (run_dir / "report.md").is_file()
-    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
-    losses = [row["loss"] for row in rows if "loss" in row]
-    assert losses and all(math.isfinite(loss) for loss in losses), rows
+    losses = [row["loss"] for row in _metrics(run_dir) if "loss" in row]
+    assert losses and all(math.isfinite(loss) for loss in losses), _metrics(run_dir)
     # ZeRO-3 partitions parameters across ranks; the saved model must be gathered to full shapes.
     assert (run_dir / "model.safetensors").is_file()
     assert _shapes(run_dir) == _shapes(input_model)
@@ -82,13 +119,37 @@ def test_dpo_zero3_trains_saves_full_model_evaluates_and_resumes(tiny_model, tmp
     rerun = _launch("dpo", tiny_model, run_dir, *args, "--max_steps", "5")  # extend the finished run
     assert f"resuming from {run_dir / 'checkpoint-3'}" in rerun.stdout + rerun.stderr
     assert f"| resumed_from | {run_dir / 'checkpoint-3'} |" in (run_dir / "report.md").read_text()
+    assert json.loads((run_dir / "checkpoint-5" / "posttrain_topology.json").read_text()) == {
+        "processes": 2, "zero_stage": 3}
 
 
-def test_sft_zero3_trains_and_saves_full_model(tiny_model, tmp_path):
+def test_zero3_checkpoint_resumed_by_one_plain_process_errors_clearly_or_resets_the_optimizer(tiny_model, tmp_path):
+    run_dir = tmp_path / "dpo"
+    _launch("dpo", tiny_model, run_dir, "--eval_task", "", "--save_steps", "2")  # checkpoints 2 and 3
+    refused = _single_process("dpo", tiny_model, run_dir, "--max_steps", "6", "--eval_task", "", returncode=2)
+    assert "was saved by 2 processes with DeepSpeed ZeRO-3, but this launch has 1 process with no DeepSpeed" \
+        in refused.stderr
+    assert "--reset_optimizer_on_resume true" in refused.stderr and "Traceback" not in refused.stderr
+    assert not (run_dir / "checkpoint-4").exists()  # nothing trained, nothing overwritten
+
+    resumed = _single_process("dpo", tiny_model, run_dir, "--max_steps", "6", "--eval_task", "",
+                              "--reset_optimizer_on_resume", "true")
+    assert "with a fresh optimizer state" in resumed.stdout
+    rows = {row["step"]: row for row in _metrics(run_dir) if "loss" in row}
+    assert {4, 5, 6} <= set(rows)
+    # The cosine schedule continues from step 3 of 6 (lr 1e-4 * (1 + cos(pi * k / 6)) / 2), not from its start.
+    expected = 1e-4 * (1 + math.cos(math.pi * 4 / 6)) / 2
+    assert rows[5]["learning_rate"] == pytest.approx(expected, rel=1e-3)
+    assert json.loads((run_dir / "checkpoint-6" / "posttrain_topology.json").read_text()) == {
+        "processes": 1, "zero_stage": 0}
+
+
+def test_sft_zero3_trains_saves_full_model_and_matches_single_process_loss(tiny_model, tmp_path):
     run_dir = tmp_path / "sft"
     _launch("sft", tiny_model, run_dir, "--eval_task", "")
     _check_run_dir(run_dir, tiny_model)
     assert not (run_dir / "eval.json").exists()
+    _assert_step1_loss_matches_single_process("sft", tiny_model, run_dir, tmp_path)
 
 
 def test_rpo_zero3_trains_and_reuses_the_reference_cache(tiny_model, tmp_path):
@@ -98,5 +159,5 @@ def test_rpo_zero3_trains_and_reuses_the_reference_cache(tiny_model, tmp_path):
     _check_run_dir(tmp_path / "rpo1", tiny_model)
     assert "computed and cached at" in first.stdout and "loaded from cache" not in first.stdout
     assert "loaded from cache" in second.stdout and "computed and cached" not in second.stdout
-    rows = [json.loads(line) for line in (tmp_path / "rpo2" / "metrics.jsonl").read_text().splitlines()]
-    assert {"loss/dpo", "loss/sft"} <= set(rows[0])
+    assert {"loss/dpo", "loss/sft"} <= set(_metrics(tmp_path / "rpo2")[0])
+    _assert_step1_loss_matches_single_process("rpo", tiny_model, tmp_path / "rpo1", tmp_path)

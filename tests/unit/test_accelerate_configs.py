@@ -15,6 +15,7 @@ EXPECTED = {
     "single_gpu": ("NO", 1, "bf16", False, None),
     "ddp": ("MULTI_GPU", 8, "bf16", False, None),
     "deepspeed_zero2": ("DEEPSPEED", 8, "bf16", False, 2),
+    "deepspeed_zero2_offload": ("DEEPSPEED", 8, "bf16", False, 2),
     "deepspeed_zero3": ("DEEPSPEED", 8, "bf16", False, 3),
     "deepspeed_zero3_offload": ("DEEPSPEED", 8, "bf16", False, 3),
     # MULTI_GPU + use_cpu: torchrun starts the 2 ranks (accelerate's MULTI_CPU type would start one without mpirun).
@@ -60,3 +61,9 @@ def test_offload_config_offloads_params_and_optimizer_to_cpu():
     ds = _load("deepspeed_zero3_offload").deepspeed_config
     assert ds["offload_param_device"] == "cpu"
     assert ds["offload_optimizer_device"] == "cpu"
+
+
+def test_zero2_offload_config_offloads_the_optimizer_only():
+    ds = _load("deepspeed_zero2_offload").deepspeed_config
+    assert ds["offload_optimizer_device"] == "cpu"
+    assert ds["offload_param_device"] == "none"  # ZeRO-2 keeps full parameters on every GPU
