@@ -94,18 +94,22 @@ def topology_callback(topology: Topology):
 
 
 def restore_schedule_callback(checkpoint: str):
-    """After resuming weights with a fresh optimizer, put the learning-rate schedule back where the checkpoint left
-    it (transformers only restores it together with the optimizer)."""
-    import torch
+    """After resuming weights with a fresh optimizer, move the (fresh) learning-rate schedule to the checkpoint's
+    step; transformers restores the schedule only together with the optimizer. Fast-forwarding, rather than loading
+    the saved scheduler state, follows this run's schedule (e.g. a longer max_steps), as a normal resume does."""
+    import warnings
+
     from transformers import TrainerCallback
 
+    step = json.loads((Path(checkpoint) / "trainer_state.json").read_text())["global_step"]
+
     class RestoreSchedule(TrainerCallback):
-        def on_train_begin(self, args, state, control, lr_scheduler=None, optimizer=None, **kwargs):
-            path = Path(checkpoint) / "scheduler.pt"
-            if lr_scheduler is None or not path.is_file():
+        def on_train_begin(self, args, state, control, lr_scheduler=None, **kwargs):
+            if lr_scheduler is None:
                 return
-            lr_scheduler.load_state_dict(torch.load(path, weights_only=True))
-            for group, lr in zip(optimizer.param_groups, lr_scheduler.get_last_lr(), strict=True):
-                group["lr"] = lr
+            with warnings.catch_warnings():  # "scheduler.step() before optimizer.step()": intended here
+                warnings.simplefilter("ignore")
+                for _ in range(step):
+                    lr_scheduler.step()
 
     return RestoreSchedule()

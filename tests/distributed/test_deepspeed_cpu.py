@@ -19,6 +19,8 @@ from pathlib import Path
 
 import pytest
 
+from posttrain.registry import METHODS
+
 pytestmark = pytest.mark.distributed
 
 REPO = Path(__file__).resolve().parents[2]
@@ -108,6 +110,7 @@ def tiny_model(tmp_path_factory) -> Path:
 
 
 def test_dpo_zero3_trains_saves_full_model_evaluates_and_resumes(tiny_model, tmp_path):
+    """Then resumes on the same topology, and (refused, then with an explicit optimizer reset) on one process."""
     run_dir = tmp_path / "dpo"
     args = ("--eval_task", "sort8", "--eval_num_examples", "8", "--eval_baseline_model", str(tiny_model))
     _launch("dpo", tiny_model, run_dir, *args)
@@ -116,40 +119,40 @@ def test_dpo_zero3_trains_saves_full_model_evaluates_and_resumes(tiny_model, tmp
     assert evaluation["n"] == 8 and "vs_baseline" in evaluation
     assert (run_dir / "checkpoint-3").is_dir()
 
-    rerun = _launch("dpo", tiny_model, run_dir, *args, "--max_steps", "5")  # extend the finished run
+    rerun = _launch("dpo", tiny_model, run_dir, "--eval_task", "", "--max_steps", "4")  # extend the finished run
     assert f"resuming from {run_dir / 'checkpoint-3'}" in rerun.stdout + rerun.stderr
     assert f"| resumed_from | {run_dir / 'checkpoint-3'} |" in (run_dir / "report.md").read_text()
-    assert json.loads((run_dir / "checkpoint-5" / "posttrain_topology.json").read_text()) == {
+    assert json.loads((run_dir / "checkpoint-4" / "posttrain_topology.json").read_text()) == {
         "processes": 2, "zero_stage": 3}
 
-
-def test_zero3_checkpoint_resumed_by_one_plain_process_errors_clearly_or_resets_the_optimizer(tiny_model, tmp_path):
-    run_dir = tmp_path / "dpo"
-    _launch("dpo", tiny_model, run_dir, "--eval_task", "", "--save_steps", "2")  # checkpoints 2 and 3
-    refused = _single_process("dpo", tiny_model, run_dir, "--max_steps", "6", "--eval_task", "", returncode=2)
+    single = ("--max_steps", "6", "--save_steps", "2", "--eval_task", "")
+    refused = _single_process("dpo", tiny_model, run_dir, *single, returncode=2)
     assert "was saved by 2 processes with DeepSpeed ZeRO-3, but this launch has 1 process with no DeepSpeed" \
         in refused.stderr
     assert "--reset_optimizer_on_resume true" in refused.stderr and "Traceback" not in refused.stderr
-    assert not (run_dir / "checkpoint-4").exists()  # nothing trained, nothing overwritten
+    assert not (run_dir / "checkpoint-6").exists()  # nothing trained, nothing overwritten
 
-    resumed = _single_process("dpo", tiny_model, run_dir, "--max_steps", "6", "--eval_task", "",
-                              "--reset_optimizer_on_resume", "true")
+    resumed = _single_process("dpo", tiny_model, run_dir, *single, "--reset_optimizer_on_resume", "true")
     assert "with a fresh optimizer state" in resumed.stdout
     rows = {row["step"]: row for row in _metrics(run_dir) if "loss" in row}
-    assert {4, 5, 6} <= set(rows)
-    # The cosine schedule continues from step 3 of 6 (lr 1e-4 * (1 + cos(pi * k / 6)) / 2), not from its start.
-    expected = 1e-4 * (1 + math.cos(math.pi * 4 / 6)) / 2
-    assert rows[5]["learning_rate"] == pytest.approx(expected, rel=1e-3)
+    assert {5, 6} <= set(rows)
+    # The cosine schedule continues at step 5 of 6 (step k trains at 1e-4 * (1 + cos(pi * (k-1) / 6)) / 2), not at
+    # its start (1e-4).
+    for step in (5, 6):
+        expected = 1e-4 * (1 + math.cos(math.pi * (step - 1) / 6)) / 2
+        assert rows[step]["learning_rate"] == pytest.approx(expected, rel=1e-3)
     assert json.loads((run_dir / "checkpoint-6" / "posttrain_topology.json").read_text()) == {
         "processes": 1, "zero_stage": 0}
 
 
-def test_sft_zero3_trains_saves_full_model_and_matches_single_process_loss(tiny_model, tmp_path):
-    run_dir = tmp_path / "sft"
-    _launch("sft", tiny_model, run_dir, "--eval_task", "")
+# dpo and rpo have their own tests below; every other registered method (a new one too) runs this one.
+@pytest.mark.parametrize("method", [name for name in METHODS if name not in ("dpo", "rpo")])
+def test_method_zero3_trains_saves_full_model_and_matches_single_process_loss(method, tiny_model, tmp_path):
+    run_dir = tmp_path / method
+    _launch(method, tiny_model, run_dir, "--eval_task", "")
     _check_run_dir(run_dir, tiny_model)
     assert not (run_dir / "eval.json").exists()
-    _assert_step1_loss_matches_single_process("sft", tiny_model, run_dir, tmp_path)
+    _assert_step1_loss_matches_single_process(method, tiny_model, run_dir, tmp_path)
 
 
 def test_rpo_zero3_trains_and_reuses_the_reference_cache(tiny_model, tmp_path):
