@@ -1,4 +1,4 @@
-"""`posttrain train|eval|demo|methods|tiny-model|data|eval-task`: thin wrappers over the library."""
+"""`posttrain train|eval|export|demo|methods|tiny-model|data|eval-task`: thin wrappers over the library."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import argparse
 import sys
 
 from posttrain.errors import OneLineArgumentParser, UsageError, exit_on_usage_error
+from posttrain.registry import closest, import_string
 
 
 def _methods(_args) -> None:
@@ -81,6 +82,8 @@ def build_parser() -> argparse.ArgumentParser:
     commands.add_parser("train", help="train a recipe: posttrain train --config <recipe.yaml> [--key value ...]",
                         add_help=False)
     commands.add_parser("eval", help=f"evaluate: posttrain eval {{{','.join(EVALUATIONS)}}} --help", add_help=False)
+    commands.add_parser("export", add_help=False, help="plain HF checkpoint from a LoRA run (--merge-lora) or a "
+                        "DeepSpeed ZeRO checkpoint: posttrain export <run-or-checkpoint> --output <dir>")
     commands.add_parser("methods", help="list registered methods").set_defaults(func=_methods)
     tiny = commands.add_parser("tiny-model", help="build a tiny offline model and tokenizer")
     tiny.add_argument("--output", required=True)
@@ -111,6 +114,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 # `posttrain eval <name> ...` forwards the rest of the command line to that evaluation's own parser.
+FORWARDED = {"train": "posttrain.train:main", "export": "posttrain.export:main"}
 EVALUATIONS = {
     "winrate": "posttrain.evaluation.winrate_cli:main",
     "mmlu": "posttrain.evaluation.mmlu_cli:main",
@@ -118,24 +122,20 @@ EVALUATIONS = {
 
 
 def _forward_eval(argv: list[str]) -> None:
-    from posttrain.registry import _import, closest
-
     if not argv or argv[0] in ("-h", "--help"):
         print(f"usage: posttrain eval {{{','.join(EVALUATIONS)}}} [options]  (posttrain eval <name> --help)")
         return
     if argv[0] not in EVALUATIONS:
         raise UsageError(f"unknown evaluation {argv[0]!r}{closest(argv[0], EVALUATIONS)} "
                          f"(available: {', '.join(EVALUATIONS)})")
-    _import(EVALUATIONS[argv[0]])(argv[1:])
+    import_string(EVALUATIONS[argv[0]])(argv[1:])
 
 
 @exit_on_usage_error
 def main(argv: list[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv and argv[0] == "train":  # everything after `train` belongs to the recipe parser
-        from posttrain.train import main as train_main
-
-        train_main(argv[1:])
+    if argv and argv[0] in FORWARDED:  # everything after the command belongs to its own parser
+        import_string(FORWARDED[argv[0]])(argv[1:])
         return
     if argv and argv[0] == "eval":
         _forward_eval(argv[1:])

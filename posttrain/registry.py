@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from posttrain.errors import UsageError
 
 
-def _import(path: str):
+def import_string(path: str):
     module, _, attr = path.partition(":")
     return getattr(importlib.import_module(module), attr)
 
@@ -29,11 +29,11 @@ class Method:
 
     @property
     def config_class(self) -> type:
-        return _import(self.config_path)
+        return import_string(self.config_path)
 
     @property
     def trainer_class(self) -> type:
-        return _import(self.trainer_path)
+        return import_string(self.trainer_path)
 
 
 METHODS: dict[str, Method] = {
