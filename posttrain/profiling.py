@@ -36,8 +36,9 @@ def step_timer():
             sync()
             self.durations.append(time.perf_counter() - self._began)
 
-        def median(self, skip: int) -> float:
-            timed = self.durations[skip:]
+        def median(self, skip: int, count: int | None = None) -> float:
+            """Median of `count` steps (all the rest when None) after the first `skip`."""
+            timed = self.durations[skip:None if count is None else skip + count]
             if not timed:
                 raise ValueError(f"only {len(self.durations)} steps ran; nothing left to time after {skip} warm-up")
             return statistics.median(timed)

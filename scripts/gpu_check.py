@@ -11,6 +11,13 @@ Configurations (same model, data and batch):
   rpo-full-live    RPO with a live reference model (precompute off): the cache's step-time and memory saving
   dpo-lora         DPO, LoRA r16 all-linear, reference = adapter-disabled base, cached
   rpo-lora         RPO, LoRA r16 all-linear, cached reference
+
+Every configuration runs `--repeats` times, interleaved; the table gives the median of the per-run medians and the
+spread across runs. One profiled step per configuration gives the GPU-busy fraction (summed kernel time / step
+time) and the kernel count, which tell compute-bound steps from launch-bound ones. Finally the single-GPU LoRA
+recipe runs as the README launches it (`accelerate launch --config_file recipes/accelerate/single_gpu.yaml
+scripts/train.py --config recipes/rpo/qwen2.5-0.5b-instruct_lora_ultrafeedback.yaml`, on this model and data), and is
+launched again with more steps to check that it resumes from its checkpoint.
 """
 
 from __future__ import annotations
@@ -19,6 +26,7 @@ import argparse
 import gc
 import json
 import random
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -51,6 +59,7 @@ def parse_args(argv=None):
     parser.add_argument("--completion_len", type=int, default=256, help="tokens per chosen/rejected answer")
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--steps", type=int, default=10, help="timed steps")
+    parser.add_argument("--repeats", type=int, default=2, help="runs of every configuration, interleaved")
     parser.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=list(CONFIGS))
     parser.add_argument("--peak_tflops", type=float, default=989.0, help="denominator of MFU (H100 SXM dense bf16)")
     parser.add_argument("--cpu_smoke_test", action="store_true",
@@ -94,6 +103,38 @@ def write_pairs(path: Path, rows: int, prompt_len: int, completion_len: int) -> 
     return path
 
 
+def profiled_step_callback(step: int):
+    """Profiles optimizer step `step` (1-based): summed CUDA kernel time and kernel count."""
+    import torch
+    from transformers import TrainerCallback
+
+    class ProfileOneStep(TrainerCallback):
+        summary: dict = {}
+
+        def on_step_begin(self, args, state, control, **kwargs):
+            if state.global_step + 1 == step and torch.cuda.is_available():
+                self.profiler = torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU,
+                                                                   torch.profiler.ProfilerActivity.CUDA])
+                self.profiler.__enter__()
+                self.began = time.perf_counter()
+
+        def on_step_end(self, args, state, control, **kwargs):
+            if not hasattr(self, "profiler") or self.summary:
+                return
+            torch.cuda.synchronize()
+            wall = time.perf_counter() - self.began
+            self.profiler.__exit__(None, None, None)
+            try:
+                kernels = [e for e in self.profiler.events() if e.device_type == torch.autograd.DeviceType.CUDA]
+                busy = sum(e.device_time for e in kernels) / 1e6
+                self.summary = {"profiled_step_s": round(wall, 4), "kernels": len(kernels),
+                                "gpu_busy_s": round(busy, 4), "gpu_busy_fraction": round(busy / wall, 3)}
+            except Exception as err:  # a profiler API difference must not cost the measurement
+                self.summary = {"profile_error": f"{type(err).__name__}: {err}"}
+
+    return ProfileOneStep()
+
+
 def run_config(name: str, model: Path, data: Path, workdir: Path, args) -> dict:
     import torch
 
@@ -107,7 +148,7 @@ def run_config(name: str, model: Path, data: Path, workdir: Path, args) -> dict:
         **({"use_cpu": True, "bf16": False} if args.cpu_smoke_test else {"dtype": "bfloat16", "bf16": True}),
         "learning_rate": 5e-6, "lr_scheduler_type": "constant", "warmup_steps": 0,
         "per_device_train_batch_size": args.batch, "gradient_accumulation_steps": 1,
-        "max_steps": args.warmup + args.steps, "max_length": args.prompt_len + args.completion_len + 8,
+        "max_steps": args.warmup + args.steps + 1, "max_length": args.prompt_len + args.completion_len + 8,
         "gradient_checkpointing": False, "save_strategy": "no", "logging_steps": 1, "report_to": "none",
         "disable_tqdm": True, "seed": 0, "dataloader_num_workers": 2,
         "lora_r": 16, "lora_alpha": 32, "lora_dropout": 0.0, "lora_target_modules": ["all-linear"],
@@ -120,14 +161,15 @@ def run_config(name: str, model: Path, data: Path, workdir: Path, args) -> dict:
         torch.cuda.reset_peak_memory_stats()
     began = time.perf_counter()
     trainer = build_trainer(load_recipe(str(recipe_path)))
-    timer = step_timer()
+    timer, profiled = step_timer(), profiled_step_callback(args.warmup + args.steps + 1)
     trainer.add_callback(timer)
+    trainer.add_callback(profiled)
     trainer.train()
     total_s = time.perf_counter() - began
     row = trainer.train_dataset[0]
     seq_len = len(row["prompt_ids"]) + len(row["chosen_ids"])
     tokens = args.batch * 2 * seq_len  # fixed lengths: no padding in any batch
-    median = timer.median(args.warmup)
+    median = timer.median(args.warmup, args.steps)
     unwrapped = trainer.accelerator.unwrap_model(trainer.model)
     flops = step_flops(unwrapped.config, linear_weights(unwrapped), tokens, seq_len,
                        weight_grads=not CONFIGS[name].get("use_peft", False),
@@ -141,29 +183,74 @@ def run_config(name: str, model: Path, data: Path, workdir: Path, args) -> dict:
         "trainable_params": sum(p.numel() for p in unwrapped.parameters() if p.requires_grad),
         "reference_model_loaded": trainer.ref_model is not None,
         "final_loss": next((h["loss"] for h in reversed(trainer.state.log_history) if "loss" in h), None),
+        **profiled.summary,
     }
     del trainer, unwrapped
     gc.collect()
     return result
 
 
-def markdown(results: list[dict], setup: dict) -> str:
+def aggregate(runs: list[dict]) -> dict:
+    """One row per configuration: the run with the median step time, plus the spread across runs."""
+    steps = sorted(r["median_step_s"] for r in runs)
+    middle = min(runs, key=lambda r: abs(r["median_step_s"] - statistics.median(steps)))
+    return {**middle, "runs": len(runs), "spread": round((steps[-1] - steps[0]) / statistics.median(steps), 3),
+            "peak_memory_gib": max(r["peak_memory_gib"] for r in runs)}
+
+
+def recipe_check(model: Path, data: Path, workdir: Path, smoke: bool) -> dict:
+    """The README's single-GPU LoRA command on this model and data: 6 steps, then relaunched to 8 (must resume).
+    The CPU smoke test runs it with one CPU process, fp32 and small batches."""
+    import subprocess
+
+    accelerate_config, overrides = "single_gpu.yaml", []
+    if smoke:
+        accelerate_config = "cpu_ddp.yaml"
+        overrides = ["--use_cpu", "true", "--bf16", "false", "--dtype", "float32", "--gradient_checkpointing", "false",
+                     "--per_device_train_batch_size", "2", "--gradient_accumulation_steps", "1", "--max_length", "64"]
+    run_dir = workdir / "recipe-run"
+    base = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
+            str(REPO / "recipes" / "accelerate" / accelerate_config), "--num_processes", "1",
+            str(REPO / "scripts" / "train.py"),
+            "--config", str(REPO / "recipes" / "rpo" / "qwen2.5-0.5b-instruct_lora_ultrafeedback.yaml"),
+            "--model_name_or_path", str(model), "--dataset_name", str(data), "--output_dir", str(run_dir),
+            "--logging_steps", "1", "--save_steps", "3", "--report_to", "none", *overrides]
+    result = {}
+    for steps in (6, 8):
+        began = time.perf_counter()
+        proc = subprocess.run([*base, "--max_steps", str(steps)], capture_output=True, text=True, cwd=REPO)
+        result[f"launch_{steps}_steps"] = {"exit_code": proc.returncode, "resumed": "resuming from" in proc.stdout,
+                                           "wall_s": round(time.perf_counter() - began, 1)}
+        if proc.returncode:
+            result["error_tail"] = (proc.stdout + proc.stderr)[-3000:]
+            return result
+    result["adapter_saved"] = (run_dir / "adapter_model.safetensors").is_file()
+    result["losses"] = [json.loads(line).get("loss") for line in (run_dir / "metrics.jsonl").read_text().splitlines()
+                        if '"loss"' in line]
+    return result
+
+
+def markdown(results: list[dict], setup: dict, recipe: dict | None = None) -> str:
     lines = [f"# GPU check: {setup['gpu']}", "",
              f"Qwen2-0.5B-shaped model ({setup['parameters'] / 1e6:.0f}M parameters, random init, bf16, sdpa), "
              f"{setup['batch']} pairs x ({setup['prompt_len']} prompt + {setup['completion_len']} answer) tokens "
-             f"per step, median of {setup['steps']} steps after {setup['warmup']} warm-up. MFU against "
-             f"{setup['peak_tflops']:.0f} TFLOP/s.", "",
-             "| config | step s | tokens/s | TFLOP/s | MFU | peak GiB | trainable | ref model loaded | loss |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             f"per step, median of {setup['steps']} steps after {setup['warmup']} warm-up, {setup['repeats']} "
+             f"interleaved runs per configuration. MFU against {setup['peak_tflops']:.0f} TFLOP/s.", "",
+             "| config | step s | spread | tokens/s | TFLOP/s | MFU | GPU busy | kernels/step | peak GiB | trainable "
+             "| ref model | loss |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in results:
-        lines.append(f"| {r['config']} | {r['median_step_s']:.4f} | {r['tokens_per_s']:,} | {r['tflops_per_s']} | "
-                     f"{r['mfu']:.1%} | {r['peak_memory_gib']} | {r['trainable_params'] / 1e6:.1f}M | "
-                     f"{r['reference_model_loaded']} | {r['final_loss']:.4f} |")
+        busy = f"{r['gpu_busy_fraction']:.0%}" if "gpu_busy_fraction" in r else "-"
+        lines.append(f"| {r['config']} | {r['median_step_s']:.4f} | {r['spread']:.1%} | {r['tokens_per_s']:,} | "
+                     f"{r['tflops_per_s']} | {r['mfu']:.1%} | {busy} | {r.get('kernels', '-')} | "
+                     f"{r['peak_memory_gib']} | {r['trainable_params'] / 1e6:.1f}M | {r['reference_model_loaded']} | "
+                     f"{r['final_loss']:.4f} |")
     by_name = {r["config"]: r for r in results}
     if {"rpo-full", "rpo-full-live"} <= set(by_name):
         cached, live = by_name["rpo-full"], by_name["rpo-full-live"]
         lines += ["", f"RPO cached / live reference: step time {cached['median_step_s'] / live['median_step_s']:.3f}, "
                       f"peak memory {cached['peak_memory_gib'] / live['peak_memory_gib']:.3f}."]
+    if recipe:
+        lines += ["", f"Single-GPU LoRA recipe through accelerate launch: {json.dumps(recipe)}"]
     return "\n".join(lines) + "\n"
 
 
@@ -180,24 +267,34 @@ def main(argv=None) -> list[dict]:
 
     output = Path(args.output)
     output.mkdir(parents=True, exist_ok=True)
-    results: list[dict] = []
+    runs: dict[str, list[dict]] = {name: [] for name in args.configs}
+    gpu = "CPU smoke test (not a measurement)" if args.cpu_smoke_test else torch.cuda.get_device_name()
     with tempfile.TemporaryDirectory(prefix="gpu-check-") as tmp:
         workdir = Path(tmp)
         began = time.perf_counter()
         model, parameters = build_model(workdir, args.cpu_smoke_test)
-        data = write_pairs(workdir / "pairs.jsonl", args.batch * (args.warmup + args.steps), args.prompt_len,
+        data = write_pairs(workdir / "pairs.jsonl", args.batch * (args.warmup + args.steps + 1), args.prompt_len,
                            args.completion_len)
         print(f"gpu_check: model and data ready in {time.perf_counter() - began:.1f}s", flush=True)
-        for name in args.configs:
-            results.append(run_config(name, model, data, workdir, args))
-            print("gpu_check: " + json.dumps(results[-1]), flush=True)
-            gpu = "CPU smoke test (not a measurement)" if args.cpu_smoke_test else torch.cuda.get_device_name()
-            setup = {"gpu": gpu, "parameters": parameters, "torch": torch.__version__,
-                     **{k: getattr(args, k) for k in ("batch", "prompt_len", "completion_len", "warmup", "steps",
-                                                       "peak_tflops")}}
-            atomic_write_json(output / "results.json", {"setup": setup, "results": results})
-            atomic_write_text(output / "results.md", markdown(results, setup))
-    print(markdown(results, setup))
+        setup = {"gpu": gpu, "parameters": parameters, "torch": torch.__version__,
+                 **{k: getattr(args, k) for k in ("batch", "prompt_len", "completion_len", "warmup", "steps",
+                                                   "repeats", "peak_tflops")}}
+
+        def write(recipe=None):
+            results = [aggregate(r) for r in runs.values() if r]
+            atomic_write_json(output / "results.json", {"setup": setup, "results": results, "runs": runs,
+                                                        "recipe_check": recipe})
+            atomic_write_text(output / "results.md", markdown(results, setup, recipe))
+            return results
+
+        for _ in range(args.repeats):
+            for name in args.configs:
+                runs[name].append(run_config(name, model, data, workdir, args))
+                print("gpu_check: " + json.dumps(runs[name][-1]), flush=True)
+                write()
+        recipe = recipe_check(model, data, workdir, args.cpu_smoke_test)
+        results = write(recipe)
+    print(markdown(results, setup, recipe))
     return results
 
 

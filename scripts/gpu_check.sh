@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# One prepared check for a single H100/H200 GPU machine without network access (under 5 minutes):
+# One prepared check for a single H100/H200 GPU machine without network access (about 4 minutes; stopped at 5):
 # RPO and DPO training steps on a ~0.5B Qwen2-shaped model built from config (bf16, sdpa), full-parameter and LoRA;
 # prints tokens/s, MFU against 989 TFLOP/s and peak memory, and writes results.json / results.md.
 #
@@ -25,4 +25,4 @@ export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1 TOKENIZER
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 "$PY" -c 'import torch, transformers, trl, peft, accelerate, datasets
 print("versions:", *(f"{m.__name__} {m.__version__}" for m in (torch, transformers, trl, peft, accelerate, datasets)))'
-timeout 290 "$PY" scripts/gpu_check.py --output "$out"
+timeout 295 "$PY" scripts/gpu_check.py --output "$out"
