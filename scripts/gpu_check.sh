@@ -3,7 +3,8 @@
 # RPO and DPO training steps on a ~0.5B Qwen2-shaped model built from config (bf16, sdpa), full-parameter and LoRA;
 # prints tokens/s, MFU against 989 TFLOP/s and peak memory, and writes results.json / results.md.
 #
-#   bash scripts/gpu_check.sh [output_dir]        # default runs/gpu_check
+#   bash scripts/gpu_check.sh [output_dir [gpu_check.py options]]    # default runs/gpu_check
+#   bash scripts/gpu_check.sh runs/gpu_check_large --batch 16 --prompt_len 512 --completion_len 512 --no-recipe_check
 #
 # Uses the machine's python3 (override with PYTHON=...). Packages the machine lacks (e.g. trl, datasets) can be
 # brought as wheels in $GPU_CHECK_WHEELS (default .whl/); they are installed into a temporary folder, not the system.
@@ -25,4 +26,4 @@ export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1 TOKENIZER
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 "$PY" -c 'import torch, transformers, trl, peft, accelerate, datasets
 print("versions:", *(f"{m.__name__} {m.__version__}" for m in (torch, transformers, trl, peft, accelerate, datasets)))'
-timeout 295 "$PY" scripts/gpu_check.py --output "$out"
+timeout 295 "$PY" scripts/gpu_check.py --output "$out" "${@:2}"
