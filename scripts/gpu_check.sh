@@ -4,7 +4,7 @@
 # prints tokens/s, MFU against 989 TFLOP/s and peak memory, and writes results.json / results.md.
 #
 #   bash scripts/gpu_check.sh [output_dir [gpu_check.py options]]    # default runs/gpu_check
-#   bash scripts/gpu_check.sh runs/gpu_check_large --batch 16 --prompt_len 512 --completion_len 512 --no-recipe_check
+#   bash scripts/gpu_check.sh runs/gpu_check_small --batch 8 --prompt_len 256 --completion_len 256 --repeats 2
 #
 # Uses the machine's python3 (override with PYTHON=...). Packages the machine lacks (e.g. trl, datasets) can be
 # brought as wheels in $GPU_CHECK_WHEELS (default .whl/); they are installed into a temporary folder, not the system.
