@@ -16,12 +16,13 @@ class TransformersGenerator:
     """`generate` batches prompts `batch_size` at a time; chat prompts go through the tokenizer's chat template.
 
     `model_id` names the weights for `generate_cached` (default: the model's `name_or_path`); pass a new one when
-    the in-memory weights change.
+    the in-memory weights change. `generate_kwargs` go to every `model.generate` call (e.g. `synced_gpus`).
     """
 
     def __init__(self, model, tokenizer, batch_size: int = 256, show_progress: bool = False,
-                 model_id: str | None = None):
+                 model_id: str | None = None, generate_kwargs: dict | None = None):
         self.model, self.tokenizer = model, tokenizer
+        self.generate_kwargs = dict(generate_kwargs or {})
         self.batch_size, self.show_progress = batch_size, show_progress
         self.model_id = model_id or f"transformers:{getattr(model.config, '_name_or_path', '')}"
         self._token_texts = TokenTexts(tokenizer)
@@ -70,7 +71,7 @@ class TransformersGenerator:
                 do_sample=sample, temperature=params.temperature if sample else None,
                 top_p=params.top_p if sample else None, top_k=params.top_k if sample else None,
                 num_return_sequences=params.n, pad_token_id=pad, eos_token_id=sorted(enders) or None,
-                return_dict_in_generate=True, output_logits=want_logprobs, **stop_options,
+                return_dict_in_generate=True, output_logits=want_logprobs, **stop_options, **self.generate_kwargs,
             )
         generated = out.sequences[:, width:]
         steps = _step_logprobs(out.logits, generated, params.logprobs) if want_logprobs else None
