@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -21,18 +20,11 @@ import pytest
 
 from posttrain.registry import METHODS
 
+from .launching import REPO, TIMEOUT_S, TRAIN, check, launch
+
 pytestmark = pytest.mark.distributed
 
-REPO = Path(__file__).resolve().parents[2]
-ZERO3 = REPO / "recipes" / "accelerate" / "cpu_deepspeed_zero3.yaml"
-TIMEOUT_S = 600  # a hang (e.g. a collective only one rank joins) fails the test instead of blocking CI
 PER_DEVICE_BATCH = 8
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _recipe_args(method: str, model: Path, output_dir: Path, *extra: str) -> list[str]:
@@ -42,31 +34,20 @@ def _recipe_args(method: str, model: Path, output_dir: Path, *extra: str) -> lis
             "--per_device_train_batch_size", str(PER_DEVICE_BATCH), "--build_tiny_model_if_missing", "false", *extra]
 
 
-def _env(cache: Path | None = None) -> dict[str, str]:
-    return {**os.environ, "TOKENIZERS_PARALLELISM": "false", **({"POSTTRAIN_CACHE": str(cache)} if cache else {})}
-
-
-def _check(proc: subprocess.CompletedProcess, returncode: int = 0) -> subprocess.CompletedProcess:
-    assert proc.returncode == returncode, (
-        f"exit {proc.returncode}\n--- stdout\n{proc.stdout[-4000:]}\n--- stderr\n{proc.stderr[-6000:]}")
-    return proc
-
-
 def _launch(method: str, model: Path, output_dir: Path, *extra: str, cache: Path | None = None
             ) -> subprocess.CompletedProcess:
     """2 processes, DeepSpeed ZeRO-3, PER_DEVICE_BATCH each."""
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(ZERO3),
-           "--main_process_port", str(_free_port()), str(REPO / "scripts" / "train.py"),
-           *_recipe_args(method, model, output_dir, *extra)]
-    return _check(subprocess.run(cmd, cwd=REPO, env=_env(cache), capture_output=True, text=True, timeout=TIMEOUT_S))
+    return launch(TRAIN, *_recipe_args(method, model, output_dir, *extra),
+                  env={"POSTTRAIN_CACHE": str(cache)} if cache else None)
 
 
 def _single_process(method: str, model: Path, output_dir: Path, *extra: str, returncode: int = 0,
                     cache: Path | None = None) -> subprocess.CompletedProcess:
     """One plain process (no accelerate launch, no DeepSpeed)."""
-    cmd = [sys.executable, str(REPO / "scripts" / "train.py"), *_recipe_args(method, model, output_dir, *extra)]
-    proc = subprocess.run(cmd, cwd=REPO, env=_env(cache), capture_output=True, text=True, timeout=TIMEOUT_S)
-    return _check(proc, returncode)
+    cmd = [sys.executable, str(TRAIN), *_recipe_args(method, model, output_dir, *extra)]
+    env = {**os.environ, "TOKENIZERS_PARALLELISM": "false", **({"POSTTRAIN_CACHE": str(cache)} if cache else {})}
+    return check(subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=TIMEOUT_S),
+                 returncode)
 
 
 def _metrics(run_dir: Path) -> list[dict]:

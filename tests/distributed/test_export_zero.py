@@ -8,8 +8,6 @@ and the weights DeepSpeed gathered at save time (`model.safetensors`). Without t
 from __future__ import annotations
 
 import shutil
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -18,20 +16,17 @@ from safetensors.torch import load_file
 from posttrain.errors import UsageError
 from posttrain.export import main as export_main
 
-from .test_deepspeed_cpu import REPO, ZERO3, _free_port
+from .launching import REPO, TRAIN, launch
 
 pytestmark = pytest.mark.distributed
 
 
 def _train_one_process_zero3(model_dir, output_dir) -> None:
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(ZERO3), "--num_processes", "1",
-           "--main_process_port", str(_free_port()), str(REPO / "scripts" / "train.py"),
-           "--config", str(REPO / "recipes" / "sft" / "sort8_tiny_cpu.yaml"), "--model_name_or_path", str(model_dir),
-           "--output_dir", str(output_dir), "--max_steps", "2", "--save_steps", "2", "--logging_steps", "1",
-           "--dataset_num_examples", "16", "--per_device_train_batch_size", "8", "--eval_task", "",
-           "--build_tiny_model_if_missing", "false"]
-    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
-    assert proc.returncode == 0, f"exit {proc.returncode}\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
+    launch(TRAIN, "--config", str(REPO / "recipes" / "sft" / "sort8_tiny_cpu.yaml"),
+           "--model_name_or_path", str(model_dir), "--output_dir", str(output_dir), "--max_steps", "2",
+           "--save_steps", "2", "--logging_steps", "1", "--dataset_num_examples", "16",
+           "--per_device_train_batch_size", "8", "--eval_task", "", "--build_tiny_model_if_missing", "false",
+           num_processes=1)
 
 
 def test_export_rebuilds_the_weights_deepspeed_gathered_from_a_zero3_checkpoint(tiny_model_dir, tmp_path):

@@ -9,24 +9,15 @@ from __future__ import annotations
 import json
 import math
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
+from .launching import REPO, TIMEOUT_S, free_port
+
 pytestmark = pytest.mark.distributed
-
-REPO = Path(__file__).resolve().parents[2]
-TIMEOUT_S = 600
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 def test_two_machines_on_loopback_train_with_the_slurm_node_script(tmp_path):
     from posttrain.data import tokenizer_corpus
@@ -39,7 +30,7 @@ def test_two_machines_on_loopback_train_with_the_slurm_node_script(tmp_path):
               "--dataset_num_examples", "32", "--per_device_train_batch_size", "8", "--eval_task", "",
               "--build_tiny_model_if_missing", "false", "--precompute_ref_log_probs", "false"]
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
-           "NNODES": "2", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(_free_port()), "GPUS_PER_NODE": "1",
+           "NNODES": "2", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port()), "GPUS_PER_NODE": "1",
            "ACCELERATE_CONFIG": "recipes/accelerate/cpu_deepspeed_zero3.yaml", "TOKENIZERS_PARALLELISM": "false",
            "POSTTRAIN_CACHE": str(tmp_path / "cache")}
     nodes = [subprocess.Popen(["bash", "scripts/launch_node.sh", *recipe], cwd=REPO,

@@ -5,24 +5,13 @@ from the partitioned policy through `policy_generator`; the completions must equ
 from __future__ import annotations
 
 import json
-import os
-import socket
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
+from .launching import REPO, launch
+
 pytestmark = pytest.mark.distributed
-
-REPO = Path(__file__).resolve().parents[2]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 def test_policy_generation_under_zero3_matches_the_saved_model(tmp_path):
     from posttrain.data import tokenizer_corpus
@@ -31,15 +20,10 @@ def test_policy_generation_under_zero3_matches_the_saved_model(tmp_path):
 
     model = make_tiny_model(tmp_path / "tiny", tokenizer_corpus())
     run_dir = tmp_path / "run"
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
-           str(REPO / "recipes" / "accelerate" / "cpu_deepspeed_zero3.yaml"), "--main_process_port", str(_free_port()),
-           str(Path(__file__).with_name("policy_generation_run.py")),
+    launch(Path(__file__).with_name("policy_generation_run.py"),
            "--config", str(REPO / "recipes" / "sft" / "sort8_tiny_cpu.yaml"), "--model_name_or_path", str(model),
            "--output_dir", str(run_dir), "--max_steps", "3", "--save_strategy", "no", "--dataset_num_examples", "64",
-           "--per_device_train_batch_size", "8", "--build_tiny_model_if_missing", "false"]
-    proc = subprocess.run(cmd, cwd=REPO, env={**os.environ, "TOKENIZERS_PARALLELISM": "false"}, capture_output=True,
-                          text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-6000:]
+           "--per_device_train_batch_size", "8", "--build_tiny_model_if_missing", "false")
 
     from posttrain.generation import SamplingParams
 
