@@ -23,7 +23,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 CONFIGS = ("trl-sigmoid-sft", "rpo-token", "rpo-sum", "rpo-live-ref")
@@ -62,14 +61,12 @@ def build_model(workdir: Path, hidden: int, layers: int) -> Path:
 
 
 def worker(args) -> dict:
-    import resource
-
     import torch
     import trl
-    from transformers import TrainerCallback
 
     from posttrain.data import load_any_dataset
     from posttrain.models import load_causal_lm, load_tokenizer
+    from posttrain.profiling import peak_memory_mib, step_timer
     from posttrain.trainers.rpo import RPOConfig, RPOTrainer
 
     workdir = Path(args.workdir)
@@ -94,25 +91,11 @@ def worker(args) -> dict:
                             processing_class=load_tokenizer(model_path))
     if args.cuda:
         torch.cuda.reset_peak_memory_stats()
-    durations: list[float] = []
-
-    class StepTimer(TrainerCallback):
-        def on_step_begin(self, *_, **__):
-            if args.cuda:
-                torch.cuda.synchronize()
-            self.began = time.perf_counter()
-
-        def on_step_end(self, *_, **__):
-            if args.cuda:
-                torch.cuda.synchronize()
-            durations.append(time.perf_counter() - self.began)
-
-    trainer.add_callback(StepTimer())
+    timer = step_timer()
+    trainer.add_callback(timer)
     trainer.train()
-    timed = durations[args.warmup:]
-    peak = (torch.cuda.max_memory_allocated() / 2**20 if args.cuda
-            else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
-    return {"config": args.worker, "median_step_s": statistics.median(timed), "steps": len(timed),
+    peak = peak_memory_mib("cuda" if args.cuda else "cpu")
+    return {"config": args.worker, "median_step_s": timer.median(args.warmup), "steps": args.steps,
             "peak_memory_mib": round(peak, 1), "memory_kind": "cuda max allocated" if args.cuda else "max RSS",
             "reference_model_loaded": trainer.ref_model is not None,
             "parameters": sum(p.numel() for p in trainer.model.parameters())}
