@@ -78,6 +78,16 @@ def check_resume(checkpoint: str, accelerator, reset_optimizer: bool) -> bool:
     return True
 
 
+def batch_change_note(checkpoint: str, accelerator) -> str | None:
+    """A plain checkpoint resumed on another process count trains on a different global batch from then on."""
+    saved, current = saved_topology(checkpoint), current_topology(accelerator)
+    if saved.zero_stage or current.zero_stage or saved.processes in (None, current.processes):
+        return None
+    return (f"posttrain: {checkpoint} was saved by {saved.processes} processes and resumes on {current.processes}: "
+            f"the global batch changes by {current.processes}/{saved.processes} unless per_device_train_batch_size "
+            f"or gradient_accumulation_steps is scaled by {saved.processes}/{current.processes}")
+
+
 def topology_callback(topology: Topology):
     """Records the launch's topology in every checkpoint the Trainer saves."""
     from transformers import TrainerCallback

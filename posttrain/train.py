@@ -13,7 +13,13 @@ from posttrain.data import load_any_dataset, tokenizer_corpus, validate_columns
 from posttrain.errors import UsageError
 from posttrain.models import load_causal_lm, load_tokenizer, make_tiny_model
 from posttrain.recipe import Recipe, parse_recipe
-from posttrain.resume import check_resume, current_topology, restore_schedule_callback, topology_callback
+from posttrain.resume import (
+    batch_change_note,
+    check_resume,
+    current_topology,
+    restore_schedule_callback,
+    topology_callback,
+)
 from posttrain.runs import last_checkpoint, metrics_callback, prepare_run_dir
 
 logger = logging.getLogger("posttrain")
@@ -152,6 +158,9 @@ def train(recipe: Recipe, callbacks: list | None = None) -> Path:
             trainer.add_callback(restore_schedule_callback(resume))
             trainer.accelerator.print(f"posttrain: resuming weights, step and schedule from {resume} with a fresh "
                                       f"optimizer state (reset_optimizer_on_resume)")
+        note = batch_change_note(resume, trainer.accelerator)
+        if note:
+            trainer.accelerator.print(note)
         trainer.accelerator.print(f"posttrain: resuming from {resume}")
     result = trainer.train(resume_from_checkpoint=resume)
     trainer.save_model(str(run_dir))
