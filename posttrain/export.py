@@ -21,6 +21,7 @@ import shutil
 from pathlib import Path
 
 from posttrain.errors import OneLineArgumentParser, UsageError
+from posttrain.io import remove_path, replace_dir
 
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 FULL_WEIGHTS = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
@@ -74,25 +75,8 @@ def _staging_dir(source: Path, output: Path, overwrite: bool) -> Path:
         raise UsageError(f"--output {str(output)!r} already exists and is not empty; pass --overwrite or choose "
                          f"another folder")
     staging = output.with_name(output.name + ".partial")
-    _remove(staging)  # left behind by an interrupted export
+    remove_path(staging)  # left behind by an interrupted export
     return staging
-
-
-def _remove(path: Path) -> None:
-    if path.is_dir():
-        shutil.rmtree(path)
-    elif path.exists():
-        path.unlink()
-
-
-def _publish(staging: Path, output: Path) -> None:
-    """Move the finished export into place; an existing output (--overwrite) is removed only after that."""
-    previous = output.with_name(output.name + ".replaced")
-    if output.exists():
-        _remove(previous)
-        os.replace(output, previous)
-    os.replace(staging, output)
-    _remove(previous)
 
 
 def _save_tokenizer(candidates: list[str], staging: Path, trust_remote_code: bool) -> str | None:
@@ -205,7 +189,7 @@ def export(source: str | os.PathLike, output: str | os.PathLike, merge_lora_adap
         else:
             convert_zero(source, staging, dtype, trust_remote_code)
             tokenizer_from = _save_tokenizer([str(source)], staging, trust_remote_code)
-        _publish(staging, output)
+        replace_dir(staging, output)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise

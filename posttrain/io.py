@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import tempfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -32,6 +33,27 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
 
 def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
     atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n")
+
+
+def remove_path(path: str | os.PathLike) -> None:
+    """Remove a file or a folder tree; nothing if it does not exist."""
+    path = Path(path)
+    if path.is_dir():
+        shutil.rmtree(path)
+    elif path.exists():
+        path.unlink()
+
+
+def replace_dir(staging: str | os.PathLike, target: str | os.PathLike) -> None:
+    """Move a finished `staging` folder to `target`. An existing `target` is moved aside first and removed only once
+    the new folder is in place, so a crash leaves either the old or the new folder, never a half-written one."""
+    staging, target = Path(staging), Path(target)
+    previous = target.with_name(target.name + ".replaced")
+    if target.exists():
+        remove_path(previous)
+        os.replace(target, previous)
+    os.replace(staging, target)
+    remove_path(previous)
 
 
 def end_torn_line(path: str | os.PathLike) -> None:

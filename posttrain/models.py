@@ -106,21 +106,18 @@ def build_tiny_model(
 def make_tiny_model(output_dir: str | os.PathLike, corpus: Iterable[str], family: str = "llama", seed: int = 0,
                     **model_kwargs) -> Path:
     """Train the tokenizer, build the model and save both with `save_pretrained` under `output_dir`."""
-    from posttrain.io import atomic_write_text
+    from posttrain.io import atomic_write_text, remove_path, replace_dir
 
     output_dir = Path(output_dir)
     tokenizer = build_tiny_tokenizer(corpus)
     model = build_tiny_model(tokenizer, family=family, seed=seed, **model_kwargs)
     staging = output_dir.with_name(output_dir.name + ".partial")
+    remove_path(staging)  # left behind by an interrupted build
     model.save_pretrained(staging)
     tokenizer.save_pretrained(staging)
     atomic_write_text(staging / "TINY_MODEL.md", f"Tiny {family} model built from config, seed {seed}, "
                       f"{model.num_parameters():,} parameters. Random init; for tests and the proving ground.\n")
-    if output_dir.exists():
-        import shutil
-
-        shutil.rmtree(output_dir)
-    os.replace(staging, output_dir)
+    replace_dir(staging, output_dir)
     return output_dir
 
 
