@@ -34,6 +34,8 @@ import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+from posttrain.io import read_jsonl  # noqa: E402  (the repo is on sys.path only from here)
+from posttrain.profiling import H100_SXM_BF16_DENSE_FLOPS  # noqa: E402
 
 QWEN2_05B = dict(hidden_size=896, intermediate_size=4864, num_hidden_layers=24, num_attention_heads=14,
                  num_key_value_heads=2, vocab_size=151936, max_position_embeddings=32768, rope_theta=1e6,
@@ -64,7 +66,8 @@ def parse_args(argv=None):
     parser.add_argument("--recipe_check", action=argparse.BooleanOptionalAction, default=True,
                         help="also launch the single-GPU LoRA recipe through accelerate (and resume it)")
     parser.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=list(CONFIGS))
-    parser.add_argument("--peak_tflops", type=float, default=989.0, help="denominator of MFU (H100 SXM dense bf16)")
+    parser.add_argument("--peak_tflops", type=float, default=H100_SXM_BF16_DENSE_FLOPS / 1e12,
+                        help="denominator of MFU (default: H100 SXM dense bf16)")
     parser.add_argument("--cpu_smoke_test", action="store_true",
                         help="a 2-layer, 64-wide model on CPU in fp32: checks the script itself, measures nothing")
     return parser.parse_args(argv)
@@ -229,8 +232,7 @@ def recipe_check(model: Path, data: Path, workdir: Path, smoke: bool) -> dict:
             result["error_tail"] = (proc.stdout + proc.stderr)[-3000:]
             return result
     result["adapter_saved"] = (run_dir / "adapter_model.safetensors").is_file()
-    result["losses"] = [json.loads(line).get("loss") for line in (run_dir / "metrics.jsonl").read_text().splitlines()
-                        if '"loss"' in line]
+    result["losses"] = [row["loss"] for row in read_jsonl(run_dir / "metrics.jsonl") if "loss" in row]
     return result
 
 
