@@ -26,11 +26,20 @@ def check(proc: subprocess.CompletedProcess, returncode: int = 0) -> subprocess.
     return proc
 
 
+def _run(cmd: list[str], env: dict[str, str] | None, returncode: int) -> subprocess.CompletedProcess:
+    env = {**os.environ, "TOKENIZERS_PARALLELISM": "false", **(env or {})}
+    return check(subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=TIMEOUT_S), returncode)
+
+
 def launch(script: Path, *args: str, config: Path = ZERO3, num_processes: int | None = None,
            env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
     """`accelerate launch --config_file <config> <script> <args>` (2 CPU processes with the default config); exit 0."""
     processes = ["--num_processes", str(num_processes)] if num_processes else []
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(config), *processes,
-           "--main_process_port", str(free_port()), str(script), *args]
-    env = {**os.environ, "TOKENIZERS_PARALLELISM": "false", **(env or {})}
-    return check(subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=TIMEOUT_S))
+    return _run([sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(config), *processes,
+                 "--main_process_port", str(free_port()), str(script), *args], env, 0)
+
+
+def run_plain(script: Path, *args: str, env: dict[str, str] | None = None,
+              returncode: int = 0) -> subprocess.CompletedProcess:
+    """`python <script> <args>` in one plain process (no accelerate launch, no DeepSpeed)."""
+    return _run([sys.executable, str(script), *args], env, returncode)

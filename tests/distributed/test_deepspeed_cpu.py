@@ -11,16 +11,15 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
+from posttrain.io import read_jsonl
 from posttrain.registry import METHODS
 
-from .launching import REPO, TIMEOUT_S, TRAIN, check, launch
+from .launching import REPO, TRAIN, launch, run_plain
 
 pytestmark = pytest.mark.distributed
 
@@ -44,14 +43,12 @@ def _launch(method: str, model: Path, output_dir: Path, *extra: str, cache: Path
 def _single_process(method: str, model: Path, output_dir: Path, *extra: str, returncode: int = 0,
                     cache: Path | None = None) -> subprocess.CompletedProcess:
     """One plain process (no accelerate launch, no DeepSpeed)."""
-    cmd = [sys.executable, str(TRAIN), *_recipe_args(method, model, output_dir, *extra)]
-    env = {**os.environ, "TOKENIZERS_PARALLELISM": "false", **({"POSTTRAIN_CACHE": str(cache)} if cache else {})}
-    return check(subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=TIMEOUT_S),
-                 returncode)
+    return run_plain(TRAIN, *_recipe_args(method, model, output_dir, *extra), returncode=returncode,
+                     env={"POSTTRAIN_CACHE": str(cache)} if cache else None)
 
 
 def _metrics(run_dir: Path) -> list[dict]:
-    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    return list(read_jsonl(run_dir / "metrics.jsonl"))
 
 
 def _step_loss(run_dir: Path, step: int) -> float:

@@ -16,6 +16,8 @@ from pathlib import Path
 
 import pytest
 
+from posttrain.io import read_jsonl
+
 from .launching import REPO, TIMEOUT_S, free_port
 
 pytestmark = pytest.mark.distributed
@@ -65,7 +67,7 @@ def test_slurm_script_trains_on_two_loopback_machines(tmp_path):
     assert "launch_node: node 0 of 2, 1 processes, rendezvous 127.0.0.1" in logs[0]
     assert "launch_node: node 1 of 2, 1 processes, rendezvous 127.0.0.1" in logs[1]
     assert "reference log-probs" not in logs[0]  # no cache: the live reference model runs every step
-    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    rows = list(read_jsonl(run_dir / "metrics.jsonl"))
     assert [row["step"] for row in rows if "loss" in row] == [1, 2]
     assert abs(rows[0]["loss"] - math.log(2)) < 1e-5
     assert json.loads((run_dir / "checkpoint-2" / "posttrain_topology.json").read_text()) == {
