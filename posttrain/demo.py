@@ -13,7 +13,7 @@ from posttrain.data.pairs import sample_preference_pairs
 from posttrain.data.proving_ground import proving_ground_rows
 from posttrain.data.tasks import get_task, tokenizer_corpus
 from posttrain.generation import SamplingParams, TransformersGenerator
-from posttrain.io import atomic_write_json, atomic_write_text, write_jsonl
+from posttrain.io import atomic_write_json, atomic_write_text, read_json, write_jsonl
 from posttrain.models import load_causal_lm, load_tokenizer, make_tiny_model
 from posttrain.recipe import load_recipe
 from posttrain.train import train
@@ -42,12 +42,6 @@ def on_policy_pairs(sft_dir: Path, path: Path, task_name: str, num_prompts: int,
     write_jsonl(path, pairs)
     atomic_write_json(stats_path, stats)
     return stats
-
-
-def read_json(path: Path) -> dict:
-    import json
-
-    return json.loads(path.read_text())
 
 
 def _run_seed(root: Path, tiny: Path, seed: int, task_name: str, num_pair_prompts: int, eval_examples: int) -> dict:

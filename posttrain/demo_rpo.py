@@ -13,9 +13,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from posttrain.demo import RECIPE_DIR, RECIPES, demo_tiny_model, on_policy_pairs, read_json, train_stage
+from posttrain.demo import RECIPE_DIR, RECIPES, demo_tiny_model, on_policy_pairs, train_stage
 from posttrain.evaluation.proving_ground import epoch_accuracy_callback
-from posttrain.io import atomic_write_json, atomic_write_text, read_jsonl, write_jsonl
+from posttrain.io import atomic_write_json, atomic_write_text, read_json, read_jsonl, write_jsonl
 from posttrain.models import load_tokenizer
 
 RPO_RECIPE = str(RECIPE_DIR / "rpo/sort8_tiny_cpu.yaml")

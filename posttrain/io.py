@@ -10,6 +10,8 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
+from posttrain.errors import UsageError
+
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     """Write `data` to a temporary file beside `path`, fsync it, then rename it over `path`."""
@@ -97,3 +99,31 @@ def read_jsonl(path: str | os.PathLike) -> Iterator[dict]:
 
 def write_jsonl(path: str | os.PathLike, records: Iterable[dict]) -> None:
     atomic_write_text(path, "".join(json.dumps(r, default=str) + "\n" for r in records))
+
+
+def read_json(path: str | os.PathLike) -> Any:
+    """The JSON value in `path` (a file this project wrote; user files go through `read_json_list`)."""
+    return json.loads(Path(path).read_text(encoding="utf-8"))
+
+
+def read_json_list(path: str, what: str, required: tuple[str, ...]) -> list[dict]:
+    """A JSON list of objects that all have `required` keys, or a one-line UsageError saying what is wrong."""
+    file = Path(path).expanduser()
+    if not file.is_file():
+        raise UsageError(f"{what} file {path!r} does not exist")
+    text = file.read_text(encoding="utf-8").strip()
+    if not text:
+        raise UsageError(f"{what} file {path!r} is empty")
+    try:
+        rows = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise UsageError(f"{what} file {path!r} is not valid JSON ({err.msg}, line {err.lineno})") from None
+    if not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):
+        raise UsageError(f"{what} file {path!r} must hold a JSON list of objects with keys {', '.join(required)}")
+    if not rows:
+        raise UsageError(f"{what} file {path!r} holds an empty list")
+    for index, row in enumerate(rows):
+        missing = [k for k in required if k not in row]
+        if missing:
+            raise UsageError(f"{what} file {path!r}: entry {index} is missing key(s) {', '.join(missing)}")
+    return rows

@@ -1,8 +1,13 @@
-"""The one place methods are listed: name -> (config class, trainer class, dataset kind).
+"""The one place methods are listed: name -> (config class, trainer class, dataset kind, construction hook).
 
 Adding a method takes three steps: write its loss in `posttrain/losses.py`, add its trainer under
 `posttrain/trainers/` and an entry here, and add a recipe under `recipes/<name>/`.
 Classes are named as import strings so that listing methods does not import TRL (~10 s).
+
+A method whose trainer needs more than the common constructor arguments (model, args, datasets, tokenizer, PEFT
+config, callbacks) names a construction hook, `hook(recipe, tokenizer, train_dataset, eval_dataset) -> dict`, whose
+result is passed to the trainer as extra keyword arguments: reward functions, a data collator, extra datasets.
+`report_metrics` are the logged metrics its run report plots beside the common ones.
 """
 
 from __future__ import annotations
@@ -26,6 +31,9 @@ class Method:
     trainer_path: str
     dataset_kind: str
     summary: str
+    construction_hook_path: str | None = None
+    report_metrics: tuple[str, ...] = ()
+    toy_recipe: str | None = None  # the proving-ground recipe (relative to the repository), used by the demo
 
     @property
     def config_class(self) -> type:
@@ -35,15 +43,27 @@ class Method:
     def trainer_class(self) -> type:
         return import_string(self.trainer_path)
 
+    def extra_trainer_kwargs(self, recipe, tokenizer, train_dataset, eval_dataset) -> dict:
+        """The method's own constructor arguments for its trainer ({} for methods without a hook)."""
+        if self.construction_hook_path is None:
+            return {}
+        return import_string(self.construction_hook_path)(recipe, tokenizer, train_dataset, eval_dataset)
+
+
+DPO_METRICS = ("rewards/accuracies", "rewards/margins", "logps/chosen", "logps/rejected", "rewards/chosen",
+               "rewards/rejected")
 
 METHODS: dict[str, Method] = {
     method.name: method
     for method in [
-        Method("sft", "trl:SFTConfig", "trl:SFTTrainer", "sft", "supervised fine-tuning (TRL baseline)"),
+        Method("sft", "trl:SFTConfig", "trl:SFTTrainer", "sft", "supervised fine-tuning (TRL baseline)",
+               toy_recipe="recipes/sft/sort8_tiny_cpu.yaml"),
         Method("dpo", "posttrain.trainers.dpo:DPOConfig", "posttrain.trainers.dpo:DPOTrainer", "preference",
-               "direct preference optimisation (TRL's, with the cached reference)"),
+               "direct preference optimisation (sigmoid loss, through the log-prob engine and the reference cache)",
+               report_metrics=DPO_METRICS, toy_recipe="recipes/dpo/sort8_tiny_cpu.yaml"),
         Method("rpo", "posttrain.trainers.rpo:RPOConfig", "posttrain.trainers.rpo:RPOTrainer", "preference",
-               "DPO + SFT regulariser on the chosen responses (Liu et al. 2024)"),
+               "DPO + SFT regulariser on the chosen responses (Liu et al. 2024)",
+               report_metrics=("loss/dpo", "loss/sft", *DPO_METRICS), toy_recipe="recipes/rpo/sort8_tiny_cpu.yaml"),
     ]
 }
 

@@ -20,35 +20,12 @@ from pathlib import Path
 
 from posttrain.errors import OneLineArgumentParser, UsageError, exit_on_usage_error
 from posttrain.evaluation.winrate import avg_length, winrate_metrics
-from posttrain.io import append_jsonl, atomic_write_json, read_jsonl
+from posttrain.io import append_jsonl, atomic_write_json, read_json_list, read_jsonl
 
 JUDGE_KINDS = ("rule", "reward", "llm", "llm-openai")
 ANNOTATION_KEYS = ("instruction", "output_1", "output_2", "preference")
 OUTPUT_KEYS = ("instruction", "output", "generator")
 JUDGE_BATCH = 32  # annotations appended to the cache after every batch
-
-
-def read_json_list(path: str, what: str, required: tuple[str, ...]) -> list[dict]:
-    """A JSON list of objects that all have `required` keys, or a one-line UsageError saying what is wrong."""
-    file = Path(path).expanduser()
-    if not file.is_file():
-        raise UsageError(f"{what} file {path!r} does not exist")
-    text = file.read_text(encoding="utf-8").strip()
-    if not text:
-        raise UsageError(f"{what} file {path!r} is empty")
-    try:
-        rows = json.loads(text)
-    except json.JSONDecodeError as err:
-        raise UsageError(f"{what} file {path!r} is not valid JSON ({err.msg}, line {err.lineno})") from None
-    if not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):
-        raise UsageError(f"{what} file {path!r} must hold a JSON list of objects with keys {', '.join(required)}")
-    if not rows:
-        raise UsageError(f"{what} file {path!r} holds an empty list")
-    for index, row in enumerate(rows):
-        missing = [k for k in required if k not in row]
-        if missing:
-            raise UsageError(f"{what} file {path!r}: entry {index} is missing key(s) {', '.join(missing)}")
-    return rows
 
 
 def _clean(value):
