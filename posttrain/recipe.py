@@ -237,7 +237,7 @@ def _cli_keys(argv: list[str]) -> list[str]:
 
 
 def load_recipe(path: str, **overrides: Any) -> Recipe:
-    """Programmatic form: `load_recipe('recipes/sft/x.yaml', learning_rate=1e-4)`."""
+    """Programmatic form: `load_recipe('recipes/sft/sort8_tiny_cpu.yaml', learning_rate=1e-4)`."""
     argv = ["--config", path]
     for key, value in overrides.items():
         argv += [f"--{key}", *(map(str, value) if isinstance(value, list | tuple) else [str(value)])]

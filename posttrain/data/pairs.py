@@ -1,6 +1,6 @@
 """On-policy preference pairs: sample the model, judge each sample, pair a correct one with a wrong one.
 
-This is how the proving ground builds DPO-family data from a model's own outputs (PROVING_GROUND.md: top-k
+This is how the proving ground builds DPO-family data from a model's own outputs (docs/methods.md §8: top-k
 sampling from a half-trained model gives far more usable pairs than full-vocabulary sampling).
 """
 

@@ -7,11 +7,9 @@ from pathlib import Path
 
 from posttrain.io import atomic_write_bytes, atomic_write_text, read_jsonl
 
-# Plotted in this order when present; anything else numeric is listed in the final-values table.
-KEY_METRICS = [
-    "rewards/accuracies", "rewards/margins", "logps/chosen", "logps/rejected", "rewards/chosen",
-    "rewards/rejected", "mean_token_accuracy", "entropy", "grad_norm", "learning_rate",
-]
+# Plotted after a method's own metrics (`Method.report_metrics`) when present; loss parts (`loss/...`) go with the
+# loss. Anything else numeric is listed in the final-values table.
+COMMON_METRICS = ("mean_token_accuracy", "entropy", "grad_norm", "learning_rate")
 _SKIP = {"step", "epoch", "total_flos", "train_runtime", "train_samples_per_second", "train_steps_per_second"}
 
 
@@ -66,16 +64,20 @@ def _fmt(value) -> str:
     return f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
-def write_report(run_dir: str | Path, title: str, summary: dict, sections: list[str] | None = None) -> Path:
-    """Write `report.md` (and `loss.png`, `metrics.png`) in `run_dir` from its metrics.jsonl."""
+def write_report(run_dir: str | Path, title: str, summary: dict, sections: list[str] | None = None,
+                 method_metrics: tuple[str, ...] = ()) -> Path:
+    """Write `report.md` (and `loss.png`, `metrics.png`) in `run_dir` from its metrics.jsonl; `method_metrics` are
+    the method's own curves (its `loss/...` parts are plotted with the loss)."""
     run_dir = Path(run_dir)
     series = load_metric_series(run_dir / "metrics.jsonl")
+    loss_parts = [k for k in method_metrics if k.startswith("loss/")]
+    key_metrics = [k for k in dict.fromkeys([*method_metrics, *COMMON_METRICS]) if k not in loss_parts]
     lines = [f"# {title}", "", "| setting | value |", "|---|---|"]
     lines += [f"| {key} | {_fmt(value)} |" for key, value in summary.items()]
-    loss_keys = [k for k in ("loss", "eval_loss", "loss/dpo", "loss/sft") if k in series]
+    loss_keys = [k for k in ("loss", "eval_loss", *loss_parts) if k in series]
     if plot_series(series, loss_keys, run_dir / "loss.png", "loss"):
         lines += ["", "## Loss", "", "![loss](loss.png)"]
-    metric_keys = [k for k in KEY_METRICS if k in series] + [f"eval_{k}" for k in KEY_METRICS if f"eval_{k}" in series]
+    metric_keys = [k for k in key_metrics if k in series] + [f"eval_{k}" for k in key_metrics if f"eval_{k}" in series]
     if plot_series(series, metric_keys, run_dir / "metrics.png", "key metrics"):
         lines += ["", "## Key metrics", "", "![metrics](metrics.png)"]
     if series:

@@ -1,12 +1,31 @@
-"""DPO as TRL implements it, plus the persistent reference log-prob cache shared by the DPO family."""
+"""DPO through posttrain's sequence log-prob engine, the base of the DPO family (docs/methods.md §0 and §7).
+
+`DPOTrainer` keeps TRL's data preparation (prompt extraction, chat template, tokenization), logging, evaluation and
+checkpointing, and owns three things: the batch layout (`SequenceCollator` over `self.sequences`), the forward
+(`sequence_logps`: one pass over every named sequence) and the loss (`preference_loss`, from `posttrain.losses`).
+A subclass changes `sequences` and `preference_loss`; the reference log-probs of every sequence come from the N-way
+cache (`SequenceLogpsCacheMixin`). TRL's other DPO variants (`loss_type` other than `sigmoid`, `ld_alpha`,
+f-divergences, WPO weighting, MoE auxiliary loss) run TRL's own forward and loss on the same batches.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import torch
 import trl
 
-from posttrain.trainers.ref_cache import ReferenceLogpsCacheMixin, default_cache_dir
+from posttrain.losses import dpo_loss
+from posttrain.trainers.logprobs import (
+    PAIR,
+    SequenceCollator,
+    frozen_sequence_logps,
+    logps_column,
+    model_inputs,
+    sequence_logps,
+    token_columns,
+)
+from posttrain.trainers.ref_cache import SequenceLogpsCacheMixin, default_cache_dir
 
 
 @dataclass
@@ -21,10 +40,126 @@ class DPOConfig(trl.DPOConfig):
     ref_logps_cache_dir: str | None = field(
         default_factory=default_cache_dir,
         metadata={"help": "Directory of the reference log-prob cache, keyed by a hash of (reference weights, "
-                          "tokenized data, truncation settings) and reused across runs and DPO-family methods. "
-                          "Default $POSTTRAIN_CACHE/ref_logps (~/.cache/posttrain). Empty string: no disk cache."},
+                          "tokenized data, sequence names, truncation settings) and reused across runs and "
+                          "DPO-family methods. Default $POSTTRAIN_CACHE/ref_logps (~/.cache/posttrain). Empty "
+                          "string: no disk cache."},
     )
 
 
-class DPOTrainer(ReferenceLogpsCacheMixin, trl.DPOTrainer):
-    """TRL's DPOTrainer, unchanged except that precomputed reference log-probs come from the disk cache."""
+def trl_only_settings(args) -> list[str]:
+    """The settings of `args` that the engine does not implement (TRL's own loss then runs instead)."""
+    value = getattr(args.f_divergence_type, "value", args.f_divergence_type)
+    found = [f"loss_type {list(args.loss_type)}"] if list(args.loss_type) != ["sigmoid"] else []
+    found += [f"f_divergence_type {value}"] if value != "reverse_kl" else []
+    found += [f"ld_alpha {args.ld_alpha}"] if args.ld_alpha is not None else []
+    found += ["use_weighting"] if args.use_weighting else []
+    return found
+
+
+def _pad_token_id(tokenizer, args) -> int:
+    """The pad token TRL would choose (recipe's, tokenizer's, else EOS), set on the tokenizer."""
+    tokenizer = getattr(tokenizer, "tokenizer", tokenizer)
+    tokenizer.pad_token = args.pad_token or tokenizer.pad_token or tokenizer.eos_token
+    return tokenizer.pad_token_id
+
+
+class DPOTrainer(SequenceLogpsCacheMixin, trl.DPOTrainer):
+    """Sigmoid DPO: L = mean(-log sigmoid(beta * (r(y_w) - r(y_l)))) with `posttrain.losses.dpo_loss`."""
+
+    sequences = PAIR  # the named sequences scored per example, in batch order
+    logps_prefixes = ("ref",)  # precomputed `<prefix>_<name>_logps` columns the batches carry
+    engine_required = False  # True: TRL-only settings are an error rather than a fallback to TRL's loss
+    engine_loss = True  # False when the config asks for a TRL-only variant
+
+    def __init__(self, model, ref_model=None, args=None, data_collator=None, train_dataset=None, eval_dataset=None,
+                 processing_class=None, **kwargs):
+        if args is not None:
+            unsupported = trl_only_settings(args)
+            if unsupported and self.engine_required:
+                raise ValueError(f"{type(self).__name__} computes its own loss and does not support "
+                                 f"{', '.join(unsupported)}")
+            self.engine_loss = not unsupported
+        if data_collator is None and processing_class is not None and args is not None:
+            data_collator = SequenceCollator(_pad_token_id(processing_class, args), self.sequences, args.max_length,
+                                             args.truncation_mode, args.pad_to_multiple_of)
+        super().__init__(model, ref_model, args, data_collator, train_dataset, eval_dataset, processing_class,
+                         **kwargs)
+
+    @property
+    def sequence_names(self) -> list[str]:
+        return [s.name for s in self.sequences]
+
+    def _set_signature_columns_if_needed(self):
+        if self._signature_columns is None:
+            self._signature_columns = [*token_columns(self.sequences),
+                                       *(logps_column(p, n) for p in self.logps_prefixes for n in self.sequence_names)]
+
+    def frozen_logps(self, model, batch: dict, peft_model=None) -> dict[str, torch.Tensor]:
+        """Summed log-probs of every sequence under a frozen model (no gradient, no checkpointing)."""
+        from trl.models.utils import disable_gradient_checkpointing
+
+        with disable_gradient_checkpointing(self.model, self.args.gradient_checkpointing_kwargs), \
+                self.accelerator.autocast():
+            return frozen_sequence_logps(model, batch, self.sequence_names, peft_model)
+
+    def reference_logps(self, batch: dict) -> dict[str, torch.Tensor]:
+        """The reference's summed log-probs: precomputed columns, or a live forward of the reference."""
+        if self.precompute_ref_logps:
+            return {name: batch[logps_column("ref", name)] for name in self.sequence_names}
+        if self.ref_model is not None:
+            return self.frozen_logps(self.ref_model, batch)
+        from accelerate.utils import is_peft_model
+
+        peft_model = self.accelerator.unwrap_model(self.model) if is_peft_model(self.model) else None
+        return self.frozen_logps(self.model, batch, peft_model)
+
+    def preference_loss(self, policy, reference: dict) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """(loss, {name: logged loss part}) from the policy's `SequenceLogps` and the reference's summed log-probs."""
+        return dpo_loss(policy.logps["chosen"], policy.logps["rejected"], reference["chosen"], reference["rejected"],
+                        self.beta), {}
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        if not self.engine_loss:
+            return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+        policy = sequence_logps(model, inputs, self.sequence_names)
+        reference = self.reference_logps(inputs)
+        loss, parts = self.preference_loss(policy, reference)
+        self._log_engine_metrics(inputs, policy, reference, parts)
+        if return_outputs:  # logits for `compute_metrics` (deprecated in TRL): one plain forward
+            with torch.no_grad():
+                return loss, model(**model_inputs(inputs))
+        return loss
+
+    def _log_engine_metrics(self, inputs, policy, reference: dict, parts: dict) -> None:
+        """TRL's DPO metrics (rewards, log-probs, entropy, token accuracy, tokens) plus the loss parts."""
+        mode = "train" if self.model.training else "eval"
+        metrics = self._metrics[mode]
+
+        def mean(values: torch.Tensor) -> float:
+            return self.accelerator.gather_for_metrics(values.detach().float().reshape(-1)).mean().item()
+
+        def token_mean(values: torch.Tensor, mask: torch.Tensor) -> float:
+            totals = self.accelerator.gather_for_metrics(torch.stack([(values * mask).sum(), mask.sum()]).float()
+                                                         .reshape(1, 2)).sum(dim=0)
+            return (totals[0] / totals[1]).item() if totals[1] > 0 else 0.0
+
+        for name, value in parts.items():
+            metrics[name].append(mean(value))
+        chosen = self.beta * (policy.logps["chosen"] - reference["chosen"]).detach()
+        rejected = self.beta * (policy.logps["rejected"] - reference["rejected"]).detach()
+        metrics["rewards/chosen"].append(mean(chosen))
+        metrics["rewards/rejected"].append(mean(rejected))
+        metrics["rewards/accuracies"].append(mean((chosen > rejected).float()))
+        metrics["rewards/margins"].append(mean(chosen - rejected))
+        for name in self.sequence_names:
+            metrics[f"logps/{name}"].append(mean(policy.logps[name]))
+        mask = inputs["completion_mask"][:, 1:].float()
+        outputs, length = policy.outputs, mask.size(1)
+        metrics["entropy"].append(token_mean(outputs.entropy[:, -length:].detach(), mask))
+        rows = len(policy.logps["chosen"])
+        chosen = slice(self.sequence_names.index("chosen") * rows, (self.sequence_names.index("chosen") + 1) * rows)
+        metrics["mean_token_accuracy"].append(token_mean(outputs.is_top1[chosen, -length:].float(), mask[chosen]))
+        if mode == "train":
+            tokens = self.accelerator.gather_for_metrics(inputs["attention_mask"].sum().reshape(1)).sum().item()
+            self._total_train_tokens += tokens // self._tp_size
+        metrics["num_tokens"] = [self._total_train_tokens]

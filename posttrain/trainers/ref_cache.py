@@ -1,9 +1,15 @@
-"""Reference log-probs computed once and reused from disk by every DPO-family trainer.
+"""Frozen-model log-probs computed once and reused from disk by every DPO-family trainer: an N-way cache.
 
-The reference model of DPO, RPO and their relatives is frozen, so its log-probs for a training set are a pure
-function of (reference weights, tokenized data, truncation settings). `ReferenceLogpsCacheMixin` stores them in
-`<ref_logps_cache_dir>/<key>.safetensors`, keyed by a SHA-256 over exactly those inputs, so a second run, a resumed
-run, or another method on the same data skips the reference forward pass entirely and never loads a second model.
+A frozen model's summed log-probs for a set of named sequences (`posttrain.trainers.logprobs.Sequence`) over a
+tokenized dataset are a pure function of (model weights, token ids of the sequences' columns, sequence names,
+truncation settings). `SequenceLogpsCacheMixin` stores them in `<ref_logps_cache_dir>/<key>.safetensors`, keyed by
+a SHA-256 over exactly those inputs, and adds them to the dataset as `<prefix>_<name>_logps` columns. A second run,
+a resumed run or another method on the same data and model skips the forward pass and never holds a second model.
+
+The reference (prefix `ref`) is scored this way before training, as TRL's `precompute_ref_log_probs` does. Any other
+frozen model can be scored the same way with `trainer.add_logps_columns(dataset, prefix, model=...)`, or from a
+saved checkpoint with `trainer.add_logps_columns(dataset, "prev", model=trainer.load_scoring_model(path))`: that is
+how an iterative method (INPO) scores its pairs under the previous iterate. Two models give two cache entries.
 """
 
 from __future__ import annotations
@@ -13,10 +19,9 @@ import json
 import os
 from pathlib import Path
 
-CACHE_FORMAT = 1
+CACHE_FORMAT = 2
 # Settings that change which tokens are scored or how their log-probs are summed.
 KEY_SETTINGS = ("max_length", "truncation_mode", "padding_free", "ld_alpha")
-TOKEN_COLUMNS = ("prompt_ids", "chosen_ids", "rejected_ids")
 
 
 def default_cache_dir() -> str:
@@ -46,13 +51,13 @@ def model_fingerprint(model, frozen_only: bool = False) -> str:
     return digest.hexdigest()
 
 
-def tokens_fingerprint(dataset) -> str:
-    """SHA-256 over the tokenized prompt/chosen/rejected ids, row by row (captures tokenizer, template and data)."""
+def tokens_fingerprint(dataset, columns: list[str]) -> str:
+    """SHA-256 over the token-id `columns`, row by row (captures tokenizer, template and data)."""
     import pyarrow.compute as pc
 
-    table = dataset.select_columns(list(TOKEN_COLUMNS)).with_format("arrow")[:]
+    table = dataset.select_columns(list(columns)).with_format("arrow")[:]
     digest = hashlib.sha256(str(table.num_rows).encode())
-    for column in TOKEN_COLUMNS:
+    for column in columns:
         ids = table.column(column).combine_chunks()
         digest.update(column.encode())
         digest.update(pc.list_value_length(ids).to_numpy(zero_copy_only=False).tobytes())
@@ -60,74 +65,102 @@ def tokens_fingerprint(dataset) -> str:
     return digest.hexdigest()
 
 
-def cache_key(model_hash: str, dataset, args) -> str:
+def cache_key(model_hash: str, dataset, sequences, args) -> str:
+    """The key of one model's log-probs for `sequences` over `dataset` under `args`' truncation settings."""
+    from posttrain.trainers.logprobs import token_columns
+
     settings = {name: getattr(args, name, None) for name in KEY_SETTINGS}
-    payload = json.dumps({"format": CACHE_FORMAT, "model": model_hash, "tokens": tokens_fingerprint(dataset),
+    payload = json.dumps({"format": CACHE_FORMAT, "model": model_hash,
+                          "tokens": tokens_fingerprint(dataset, token_columns(sequences)),
+                          "sequences": [[s.name, s.prompt, s.completion] for s in sequences],
                           "settings": settings}, sort_keys=True, default=str)
     return hashlib.sha256(payload.encode()).hexdigest()[:32]
 
 
-def save_ref_logps(path: Path, chosen, rejected, metadata: dict[str, str]) -> None:
-    """Atomic write: a killed process leaves either no file or a complete one."""
+def save_logps(path: Path, logps: dict, metadata: dict[str, str]) -> None:
+    """Atomic write of {sequence name: (rows,) tensor}: a killed process leaves either no file or a complete one."""
     from safetensors.torch import save_file
 
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
-    save_file({"ref_chosen_logps": chosen.contiguous(), "ref_rejected_logps": rejected.contiguous()}, str(partial),
-              metadata=metadata)
+    save_file({name: values.contiguous() for name, values in logps.items()}, str(partial), metadata=metadata)
     os.replace(partial, path)
 
 
-def load_ref_logps(path: Path):
+def load_logps(path: Path) -> dict:
     from safetensors.torch import load_file
 
-    tensors = load_file(str(path))
-    return tensors["ref_chosen_logps"], tensors["ref_rejected_logps"]
+    return load_file(str(path))
 
 
-def with_ref_columns(dataset, chosen, rejected):
+def with_logps_columns(dataset, logps: dict, prefix: str):
+    """`dataset` with one float32 column `<prefix>_<name>_logps` per entry of `logps` (replacing any old one)."""
     from datasets import Dataset, Features, Value, concatenate_datasets
 
-    features = Features({"ref_chosen_logps": Value("float32"), "ref_rejected_logps": Value("float32")})
-    columns = Dataset.from_dict({"ref_chosen_logps": chosen.float().numpy(),
-                                 "ref_rejected_logps": rejected.float().numpy()}, features=features)
-    return concatenate_datasets([dataset.remove_columns([c for c in columns.column_names
-                                                         if c in dataset.column_names]), columns], axis=1)
+    from posttrain.trainers.logprobs import logps_column
+
+    columns = {logps_column(prefix, name): values.float().numpy() for name, values in logps.items()}
+    table = Dataset.from_dict(columns, features=Features({c: Value("float32") for c in columns}))
+    kept = dataset.remove_columns([c for c in columns if c in dataset.column_names])
+    return concatenate_datasets([kept, table], axis=1)
 
 
-class ReferenceLogpsCacheMixin:
-    """Mix in before `trl.DPOTrainer`: replaces its per-process, temporary-file precompute with a persistent cache.
+class SequenceLogpsCacheMixin:
+    """Mix in before `trl.DPOTrainer` (through posttrain's `DPOTrainer`): frozen-model log-probs for the trainer's
+    `sequences`, from the persistent cache or from one pass over the data. Needs `self.sequences` and a
+    `SequenceCollator` as `self.data_collator`."""
 
-    Used when `precompute_ref_log_probs` is on (the posttrain default) and `ref_logps_cache_dir` is set.
-    """
-
-    reference_forward_batches = 0  # how many batches went through the reference forward (0 on a cache hit)
+    reference_forward_batches = 0  # batches that went through a frozen-model forward (0 on cache hits)
 
     def _precompute_ref_logps(self, dataset, name: str, batch_size: int):
-        cache_dir = getattr(self.args, "ref_logps_cache_dir", None)
-        if not cache_dir:
-            return super()._precompute_ref_logps(dataset, name, batch_size)
+        """TRL's precompute hook: the reference's log-probs as `ref_<name>_logps` columns."""
         from posttrain.errors import UsageError
 
         if len(dataset) == 0:
             raise UsageError(f"no {name} example fits max_length={self.args.max_length} (every prompt alone is "
                              f"longer); raise max_length")
-        key = self._broadcast(cache_key(self._reference_fingerprint(), dataset, self.args))
-        path = Path(cache_dir) / f"{key}.safetensors"
+        return self.add_logps_columns(dataset, "ref", split=name, batch_size=batch_size)
+
+    def add_logps_columns(self, dataset, prefix: str, model=None, split: str = "train", batch_size: int | None = None):
+        """`dataset` with `<prefix>_<name>_logps` columns holding `model`'s summed log-probs for every sequence.
+
+        `model=None` means the reference (the initial policy, or the adapter-disabled base under LoRA). Any other
+        model must already be placed for scoring (`load_scoring_model`). All processes must call this together.
+        """
+        batch_size = batch_size or self.args.precompute_ref_batch_size or self.args.per_device_train_batch_size
+        fingerprint = self._reference_fingerprint() if model is None else model_fingerprint(model)
+        key = self._broadcast(cache_key(fingerprint, dataset, self.sequences, self.args))
+        cache_dir = getattr(self.args, "ref_logps_cache_dir", None)
+        path = Path(cache_dir) / f"{key}.safetensors" if cache_dir else None
         # Rank 0 reads and sends: other nodes may not share the cache's file system.
-        loaded = self._broadcast(load_ref_logps(path) if self.accelerator.is_main_process and path.exists() else None)
-        if loaded is not None and len(loaded[0]) == len(dataset):
-            self.accelerator.print(f"posttrain: reference log-probs for {name} ({len(dataset)} rows) loaded from "
-                                   f"cache {path}; no reference forward pass")
-            return with_ref_columns(dataset, *loaded)
-        chosen, rejected = self._reference_forward(dataset, name, batch_size)
-        if self.accelerator.is_main_process:
-            save_ref_logps(path, chosen, rejected, {"model": str(self.model.config._name_or_path), "split": name,
-                                                    "rows": str(len(dataset))})
-        self.accelerator.print(f"posttrain: reference log-probs for {name} ({len(dataset)} rows) computed and "
-                               f"cached at {path}")
-        self.accelerator.wait_for_everyone()
-        return with_ref_columns(dataset, chosen, rejected)
+        loaded = self._broadcast(load_logps(path) if path and self.accelerator.is_main_process and path.exists()
+                                 else None)
+        what = f"{prefix} log-probs for {split} ({len(dataset)} rows, {len(self.sequences)} sequences each)"
+        if loaded is not None and all(len(v) == len(dataset) for v in loaded.values()):
+            self.accelerator.print(f"posttrain: {what} loaded from cache {path}; no forward pass")
+            return with_logps_columns(dataset, loaded, prefix)
+        logps = self._frozen_forward(dataset, split, batch_size, model)
+        if path is not None:
+            if self.accelerator.is_main_process:
+                save_logps(path, logps, {"model": str(getattr(model or self.model, "name_or_path", "")),
+                                         "split": split, "rows": str(len(dataset)), "prefix": prefix})
+            self.accelerator.print(f"posttrain: {what} computed and cached at {path}")
+            self.accelerator.wait_for_everyone()
+        return with_logps_columns(dataset, logps, prefix)
+
+    def load_scoring_model(self, path: str):
+        """A saved model (e.g. the previous iterate), loaded once and placed for frozen scoring on every process
+        (a DeepSpeed inference engine under ZeRO, sharded again under ZeRO-3)."""
+        from trl.models import prepare_deepspeed
+        from trl.trainer.utils import add_fused_lm_head
+
+        from posttrain.models import load_causal_lm
+
+        model = load_causal_lm(path, dtype=getattr(self.model, "dtype", None))
+        add_fused_lm_head(model)
+        if self.is_deepspeed_enabled:
+            return prepare_deepspeed(model, self.accelerator)
+        return self.accelerator.prepare_model(model.eval(), evaluation_mode=True)
 
     def _broadcast(self, value):
         """Rank 0's `value` on every process."""
@@ -151,25 +184,34 @@ class ReferenceLogpsCacheMixin:
                 else model_fingerprint(model, frozen_only=disabled_adapter)
         return self._reference_hash
 
-    def _reference_forward(self, dataset, name: str, batch_size: int):
-        """One pass of the frozen reference (the initial policy, or the adapter-disabled base under PEFT)."""
-        import torch
-        from torch.utils.data import DataLoader
-        from tqdm.auto import tqdm
+    def _reference_scorer(self):
+        """The model that scores as the reference before training, and the PEFT model whose adapter it disables."""
+        from accelerate.utils import is_peft_model
         from trl.models import prepare_deepspeed
 
-        loader = self.accelerator.prepare(DataLoader(dataset, batch_size=batch_size, collate_fn=self.data_collator,
-                                                     shuffle=False, num_workers=self.args.dataloader_num_workers))
-        model = self.ref_model if self.ref_model is not None else self.model
-        if self.ref_model is None and self.is_deepspeed_enabled:  # parameters are still unplaced/sharded here
+        if self.ref_model is not None:
+            return self.ref_model, None
+        model = self.model
+        if self.is_deepspeed_enabled:  # parameters are still unplaced/sharded before training
             if self._precompute_engine is None:
                 self._precompute_engine = prepare_deepspeed(self.model, self.accelerator)
             model = self._precompute_engine
-        chosen, rejected = [], []
-        for batch in tqdm(loader, desc=f"reference log-probs ({name})",
-                          disable=not self.accelerator.is_local_main_process):
-            batch_chosen, batch_rejected = self.accelerator.gather_for_metrics(self.compute_ref_log_probs(model, batch))
-            chosen.append(batch_chosen.cpu())
-            rejected.append(batch_rejected.cpu())
+        return model, (self.accelerator.unwrap_model(self.model) if is_peft_model(self.model) else None)
+
+    def _frozen_forward(self, dataset, split: str, batch_size: int, model=None) -> dict:
+        """One pass of a frozen model over `dataset`: {sequence name: (rows,) summed log-probs}."""
+        import torch
+        from torch.utils.data import DataLoader
+        from tqdm.auto import tqdm
+
+        loader = self.accelerator.prepare(DataLoader(dataset, batch_size=batch_size, collate_fn=self.data_collator,
+                                                     shuffle=False, num_workers=self.args.dataloader_num_workers))
+        scorer, peft_model = self._reference_scorer() if model is None else (model, None)
+        names = [s.name for s in self.sequences]
+        parts: dict[str, list] = {name: [] for name in names}
+        for batch in tqdm(loader, desc=f"frozen log-probs ({split})", disable=not self.accelerator.is_local_main_process):
+            logps = self.frozen_logps(scorer, batch, peft_model)
+            for name, values in zip(names, self.accelerator.gather_for_metrics([logps[n] for n in names])):
+                parts[name].append(values.float().cpu())
             self.reference_forward_batches += 1
-        return torch.cat(chosen), torch.cat(rejected)
+        return {name: torch.cat(values) for name, values in parts.items()}

@@ -1,21 +1,21 @@
-"""RPO: DPO plus an SFT regulariser on the chosen responses (Liu et al. 2024; METHODS.md §1).
+"""RPO: DPO plus an SFT regulariser on the chosen responses (Liu et al. 2024; docs/methods.md §1).
 
-`RPOTrainer` is TRL's DPO (through posttrain's cached-reference `DPOTrainer`) with one addition in `compute_loss`:
-the policy forward that TRL runs for the DPO term is recorded, and the SFT term is computed from its per-token
-log-probs with `posttrain.losses.sft_loss`, so RPO costs no extra forward pass.
+`RPOTrainer` is posttrain's `DPOTrainer` with another `preference_loss`: `posttrain.losses.rpo_loss` over the
+engine's one policy forward (summed log-probs for the DPO term, per-token log-probs for the SFT term), so RPO costs
+no extra forward pass.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from posttrain.losses import SFT_NORMALIZATIONS, rpo_sft_weight, sft_loss
+from posttrain.losses import SFT_NORMALIZATIONS, rpo_loss
 from posttrain.trainers.dpo import DPOConfig, DPOTrainer
 
 
 @dataclass
 class RPOConfig(DPOConfig):
-    """Defaults follow the paper's main recipe (zephyr-7b-sft on UltraFeedback, METHODS.md §1): `sum`
+    """Defaults follow the paper's main recipe (zephyr-7b-sft on UltraFeedback, docs/methods.md §1): `sum`
     normalisation, eta 0.005, beta 0.01, lr 5e-7, 1 epoch, cosine schedule, warmup 0.1."""
 
     rpo_eta: float = field(
@@ -48,32 +48,14 @@ class RPOConfig(DPOConfig):
                              f"{list(self.loss_type)} (TRL's [sigmoid, sft] is sft_normalization: token)")
 
 
-class _RecordForward:
-    """Calls the wrapped model and keeps its last output, so the SFT term reuses TRL's policy forward."""
-
-    def __init__(self, model):
-        self.model, self.outputs = model, None
-
-    def __call__(self, *args, **kwargs):
-        self.outputs = self.model(*args, **kwargs)
-        return self.outputs
-
-
 class RPOTrainer(DPOTrainer):
-    """DPO loss from TRL + `rpo_sft_weight(eta, beta) * sft_loss(chosen)`; logs `loss/dpo` and `loss/sft`."""
+    """`rpo_loss`: the DPO term plus `rpo_sft_weight(eta, beta) * sft_loss(chosen)`, both from the one policy forward
+    of the log-prob engine; logs `loss/dpo` and `loss/sft`."""
 
-    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        recorder = _RecordForward(model)
-        result = super().compute_loss(recorder, inputs, return_outputs, num_items_in_batch)
-        dpo = result[0] if return_outputs else result
-        # TRL's DPO batch is [chosen; rejected]; log-probs are for the shifted (next-token) positions.
-        completion_mask = inputs["completion_mask"][..., 1:]
-        token_logps = recorder.outputs.log_probs[:, -completion_mask.size(1):]
-        chosen_token_logps, _ = token_logps.chunk(2, dim=0)
-        chosen_mask, _ = completion_mask.chunk(2, dim=0)
-        sft = sft_loss(chosen_token_logps, chosen_mask.to(chosen_token_logps.dtype), self.args.sft_normalization)
-        loss = dpo + rpo_sft_weight(self.args.rpo_eta, self.args.beta, self.args.sft_normalization) * sft
-        mode = "train" if self.model.training else "eval"
-        self._metrics[mode]["loss/dpo"].append(self.accelerator.gather_for_metrics(dpo.detach()).mean().item())
-        self._metrics[mode]["loss/sft"].append(self.accelerator.gather_for_metrics(sft.detach()).mean().item())
-        return (loss, result[1]) if return_outputs else loss
+    engine_required = True
+
+    def preference_loss(self, policy, reference):
+        loss, dpo, sft = rpo_loss(policy.logps["chosen"], policy.logps["rejected"], reference["chosen"],
+                                  reference["rejected"], policy.token_logps["chosen"], policy.masks["chosen"],
+                                  self.beta, self.args.rpo_eta, self.args.sft_normalization)
+        return loss, {"loss/dpo": dpo, "loss/sft": sft}

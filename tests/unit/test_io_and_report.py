@@ -38,8 +38,23 @@ def test_report_plots_and_keeps_last_value_per_step(tmp_path):
     series = load_metric_series(tmp_path / "metrics.jsonl")
     assert series["loss"] == [(1, 3.0), (2, 1.5), (3, 1.0)]
     assert "note" not in series and "epoch" not in series
-    report = write_report(tmp_path, "title", {"method": "dpo"}, ["## Extra\ntext"])
+    report = write_report(tmp_path, "title", {"method": "dpo"}, ["## Extra\ntext"], ("rewards/accuracies",))
     text = report.read_text()
     assert "![loss](loss.png)" in text and "![metrics](metrics.png)" in text and "## Extra" in text
     assert "| loss | 3 | 1 |" in text
     assert (tmp_path / "loss.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_report_plots_the_methods_own_metrics_and_loss_parts(tmp_path):
+    """A method's declared curves (e.g. a new objective's route share) are plotted; `loss/...` parts join the loss."""
+    from posttrain.registry import get_method
+
+    for step in (1, 2):
+        append_jsonl(tmp_path / "metrics.jsonl", {"step": step, "loss": 1.0 / step, "loss/sft": 0.5 / step,
+                                                  "route/sft_share": 0.1 * step})
+    write_report(tmp_path, "title", {}, None, ("loss/sft", "route/sft_share"))
+    assert (tmp_path / "metrics.png").exists() and (tmp_path / "loss.png").exists()
+    (tmp_path / "metrics.png").unlink()
+    write_report(tmp_path, "title", {}, None, ())  # undeclared, so only listed in the final-values table
+    assert not (tmp_path / "metrics.png").exists()
+    assert "loss/sft" in get_method("rpo").report_metrics and "rewards/margins" in get_method("dpo").report_metrics

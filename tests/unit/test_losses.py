@@ -1,4 +1,4 @@
-"""Losses against values computed by hand from METHODS.md §1, and their defining properties."""
+"""Losses against values computed by hand from docs/methods.md §1, and their defining properties."""
 
 from __future__ import annotations
 
@@ -48,7 +48,7 @@ def test_rpo_is_dpo_plus_weighted_sft(normalization):
     beta, eta = 0.1, 0.7
     total, dpo, sft = rpo_loss(CHOSEN, REJECTED, REF_CHOSEN, REF_REJECTED, CHOSEN_TOKENS, MASK, beta, eta,
                                normalization)
-    weight = eta * beta if normalization == "sum" else eta  # the authors' sum form carries beta (METHODS.md §1)
+    weight = eta * beta if normalization == "sum" else eta  # the authors' sum form carries beta (docs/methods.md §1)
     assert rpo_sft_weight(eta, beta, normalization) == pytest.approx(weight)
     assert dpo.item() == pytest.approx(dpo_loss(CHOSEN, REJECTED, REF_CHOSEN, REF_REJECTED, beta).item())
     assert sft.item() == pytest.approx(sft_loss(CHOSEN_TOKENS, MASK, normalization).item())
