@@ -1,7 +1,7 @@
 """Proving-ground tasks: deterministic synthetic data with programmatic judges.
 
 A tiny model trained from scratch on CPU learns these in seconds to minutes, so every objective can be checked
-against its paper's claim without a hub (see `shared/PROVING_GROUND.md` for the measurements behind the choice).
+against its paper's claim without a hub (see `docs/methods.md §8` for the measurements behind the choice).
 
 * `sort<N>`: sort N random digits ("sort 38172049" -> "01234789"), exact-match judge.
 * `facts`: synthetic biographies ("Vorel Tamsin lives in Pradu"), split into forget and retain sets for unlearning.
