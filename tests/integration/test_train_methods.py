@@ -63,3 +63,27 @@ def test_rerun_resumes_and_matches_an_uninterrupted_run(tiny_model_dir, tmp_path
     train(_recipe(write_recipe, tiny_model_dir, "sft", resumed_dir, max_steps=6, **settings))  # already finished
     assert (resumed_dir / "metrics.jsonl").read_text() == metrics  # no extra step, no zero-step summary
     assert (resumed_dir / "model.safetensors").stat().st_mtime_ns == stamp
+
+
+def _recording_collator_hook(recipe, tokenizer, train_dataset, eval_dataset):
+    """A construction hook: a method's own constructor arguments (here, its data collator)."""
+    from posttrain.trainers.logprobs import SequenceCollator
+
+    return {"data_collator": SequenceCollator(tokenizer.pad_token_id, max_length=recipe.training.max_length,
+                                              pad_to_multiple_of=16)}
+
+
+def test_build_trainer_passes_the_methods_construction_hook_arguments(monkeypatch, tiny_model_dir, tmp_path,
+                                                                      write_recipe):
+    import dataclasses
+
+    from posttrain import registry
+    from posttrain.train import build_trainer
+
+    hooked = dataclasses.replace(METHODS["dpo"], name="dpo-hooked",
+                                 construction_hook_path=f"{__name__}:_recording_collator_hook")
+    monkeypatch.setitem(registry.METHODS, "dpo-hooked", hooked)
+    trainer = build_trainer(_recipe(write_recipe, tiny_model_dir, "dpo-hooked", tmp_path / "run"))
+    assert trainer.data_collator.pad_to_multiple_of == 16  # the hook's collator, not the default (None)
+    assert trainer.train_dataset.num_rows == 32 and "ref_chosen_logps" in trainer.train_dataset.column_names
+    assert METHODS["dpo"].extra_trainer_kwargs(None, None, None, None) == {}
