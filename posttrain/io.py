@@ -6,7 +6,7 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Hashable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -127,3 +127,49 @@ def read_json_list(path: str, what: str, required: tuple[str, ...]) -> list[dict
         if missing:
             raise UsageError(f"{what} file {path!r}: entry {index} is missing key(s) {', '.join(missing)}")
     return rows
+
+
+class ResumableJsonl:
+    """A JSON-lines file of records by key, for work that resumes after a kill (one writer per file).
+
+    `done` maps `key(record)` to the newest record on a complete line; a torn last line (a killed writer's) is not
+    read and is cut off before the first `append`, which writes and flushes one record. Skip the keys in `done`,
+    append each result as it is made, and a rerun redoes only what was lost.
+    """
+
+    def __init__(self, path: str | os.PathLike, key: Callable[[dict], Hashable]):
+        self.path, self.key = Path(path), key
+        self.done: dict[Hashable, dict] = {self._key_of(record): record for record in _complete_records(self.path)}
+        self._line_ended = False
+
+    def append(self, record: dict) -> None:
+        key = self.key(record)
+        if not self._line_ended:
+            end_torn_line(self.path)
+            self._line_ended = True
+        append_jsonl(self.path, record)
+        self.done[key] = record
+
+    def extend(self, records: Iterable[dict]) -> None:
+        for record in records:
+            self.append(record)
+
+    def _key_of(self, record) -> Hashable:
+        try:
+            return self.key(record)
+        except (KeyError, TypeError, IndexError) as err:
+            raise UsageError(f"{self.path} holds a line that is not one of its records (no {err}); delete the file "
+                             "or pass another path") from None
+
+
+def _complete_records(path: Path) -> Iterator[dict]:
+    """Records on newline-terminated lines; unreadable lines are skipped."""
+    if not path.exists():
+        return
+    with path.open(encoding="utf-8") as handle:
+        for line in handle:
+            if line.endswith("\n") and line.strip():
+                try:
+                    yield json.loads(line)
+                except json.JSONDecodeError:
+                    continue

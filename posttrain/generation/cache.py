@@ -4,7 +4,8 @@ so a killed run resumes where it stopped and never regenerates a finished prompt
 Every line is one prompt: {"index", "prompt_sha", "config_sha", "completions"}. `config_sha` hashes the sampling
 params and the model identity; a cache written under another config is refused (UsageError) rather than mixed in,
 so one file always holds one experiment. A line whose `prompt_sha` differs from the prompt now at that index (the
-prompt list changed) is ignored and that prompt is generated again; the newest line for an index wins.
+prompt list changed) is ignored and that prompt is generated again; the newest matching line for an index wins.
+The file is read and appended through `posttrain.io.ResumableJsonl`.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import os
 
 from posttrain.errors import UsageError
 from posttrain.generation.types import Completion, Generator, SamplingParams
-from posttrain.io import append_jsonl, end_torn_line, read_jsonl
+from posttrain.io import ResumableJsonl
 
 
 def _sha(obj) -> str:
@@ -31,20 +32,29 @@ def config_sha(params: SamplingParams, model_id: str) -> str:
     return _sha({"params": params.to_dict(), "model": model_id})
 
 
-def load_cached(cache_path: str | os.PathLike, prompts: list, params: SamplingParams,
-                model_id: str) -> dict[int, list[Completion]]:
-    """index -> completions for the prompts this cache already holds under this config."""
+def open_cache(cache_path: str | os.PathLike, params: SamplingParams, model_id: str) -> ResumableJsonl:
+    """The cache's records by (index, prompt_sha); UsageError if it was written under another config."""
     config = config_sha(params, model_id)
-    done: dict[int, list[Completion]] = {}
-    for record in read_jsonl(cache_path):
+    cache = ResumableJsonl(cache_path, key=lambda record: (record["index"], record["prompt_sha"]))
+    for record in cache.done.values():
         if record.get("config_sha") != config:
             raise UsageError(f"generation cache {str(cache_path)!r} was written with other sampling params or another "
                              f"model (config {record.get('config_sha')} != {config}); delete it or pass another "
                              "cache path")
-        index = record["index"]
-        if index < len(prompts) and record["prompt_sha"] == prompt_sha(prompts[index]):
-            done[index] = [Completion.from_dict(c) for c in record["completions"]]
-    return done
+    return cache
+
+
+def cached_completions(cache: ResumableJsonl, prompts: list) -> dict[int, list[Completion]]:
+    """index -> completions for the prompts `cache` already holds."""
+    found = {index: cache.done.get((index, prompt_sha(prompt))) for index, prompt in enumerate(prompts)}
+    return {index: [Completion.from_dict(c) for c in record["completions"]]
+            for index, record in found.items() if record is not None}
+
+
+def load_cached(cache_path: str | os.PathLike, prompts: list, params: SamplingParams,
+                model_id: str) -> dict[int, list[Completion]]:
+    """index -> completions for the prompts the cache at `cache_path` already holds under this config."""
+    return cached_completions(open_cache(cache_path, params, model_id), prompts)
 
 
 def generate_cached(generator: Generator, prompts: list, params: SamplingParams, cache_path: str | os.PathLike,
@@ -57,10 +67,10 @@ def generate_cached(generator: Generator, prompts: list, params: SamplingParams,
     model_id = model_id or getattr(generator, "model_id", None)
     if not model_id:
         raise UsageError("generate_cached needs a model_id (the generator has none): pass model_id='<model name>'")
-    done = load_cached(cache_path, prompts, params, model_id)
+    cache = open_cache(cache_path, params, model_id)
+    done = cached_completions(cache, prompts)
     missing = [i for i in range(len(prompts)) if i not in done]
     if missing:
-        end_torn_line(cache_path)
         config = config_sha(params, model_id)
 
         def record(local_index: int, completions: list[Completion]) -> None:
@@ -68,8 +78,8 @@ def generate_cached(generator: Generator, prompts: list, params: SamplingParams,
             for completion in completions:
                 completion.prompt_index = index
             done[index] = completions
-            append_jsonl(cache_path, {"index": index, "prompt_sha": prompt_sha(prompts[index]), "config_sha": config,
-                                      "completions": [c.to_dict() for c in completions]})
+            cache.append({"index": index, "prompt_sha": prompt_sha(prompts[index]), "config_sha": config,
+                          "completions": [c.to_dict() for c in completions]})
 
         if "on_result" in inspect.signature(generator.generate).parameters:
             generator.generate([prompts[i] for i in missing], params, on_result=record)

@@ -18,6 +18,13 @@ def default_backend() -> str:
     return "vllm" if importlib.util.find_spec("vllm") is not None else "transformers"
 
 
+def resolve_backend(backend: str, choices: tuple[str, ...] = BACKENDS) -> str:
+    """The backend `backend` names (`auto`: `default_backend()`); UsageError unless it is one of `choices`."""
+    if backend not in choices:
+        raise UsageError(f"unknown generation backend {backend!r}; choose one of {', '.join(choices)}")
+    return default_backend() if backend == "auto" else backend
+
+
 def load_generator(model: str, backend: str = "auto", **options) -> Generator:
     """`backend="auto"` picks vLLM when it is installed, else transformers.
 
@@ -25,10 +32,7 @@ def load_generator(model: str, backend: str = "auto", **options) -> Generator:
     trust_remote_code; vllm: see `VLLMGenerator`; openai: base_url (required), api_key_env, max_concurrency, ...
     (`model` is then the served model name).
     """
-    if backend not in BACKENDS:
-        raise UsageError(f"unknown generation backend {backend!r}; choose one of {', '.join(BACKENDS)}")
-    if backend == "auto":
-        backend = default_backend()
+    backend = resolve_backend(backend)
     if backend == "openai":
         from posttrain.generation.openai_api import OpenAICompatibleGenerator
 

