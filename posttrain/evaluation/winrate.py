@@ -71,9 +71,13 @@ def discrete_win_rate(preferences: Sequence[float | None]) -> float:
 
 def avg_length(outputs: Sequence[str]) -> int:
     """Mean character length of the model's outputs, truncated to an integer as the leaderboard prints it."""
-    if not outputs:
+    return mean_length([len(o) for o in outputs])
+
+
+def mean_length(lengths: Sequence[int]) -> int:
+    if not lengths:
         raise ValueError("no outputs to measure")
-    return int(sum(len(o) for o in outputs) / len(outputs))
+    return int(sum(lengths) / len(lengths))
 
 
 def length_controlled_winrate(preferences: Sequence[float | None], model_lengths: Sequence[int],
@@ -110,8 +114,10 @@ def length_controlled_winrate(preferences: Sequence[float | None], model_lengths
 
 
 def winrate_metrics(preferences: Sequence[float | None], model_outputs: Sequence[str] | None = None,
-                    reference_outputs: Sequence[str] | None = None) -> dict[str, float]:
-    """The leaderboard row. With both output lists (aligned with `preferences`), also avg_length and LC win rate."""
+                    reference_outputs: Sequence[str] | None = None, *, model_lengths: Sequence[int] | None = None,
+                    reference_lengths: Sequence[int] | None = None) -> dict[str, float]:
+    """The leaderboard row. With both output lists (aligned with `preferences`), or just their character lengths,
+    also avg_length and LC win rate."""
     metrics = {
         "win_rate": win_rate(preferences),
         "standard_error": standard_error(preferences),
@@ -123,9 +129,11 @@ def winrate_metrics(preferences: Sequence[float | None], model_outputs: Sequence
         "n_failed": n_failed(preferences),
     }
     if model_outputs is not None and reference_outputs is not None:
-        metrics["avg_length"] = avg_length(model_outputs)
-        metrics["length_controlled_winrate"] = length_controlled_winrate(
-            preferences, [len(o) for o in model_outputs], [len(o) for o in reference_outputs])
+        model_lengths, reference_lengths = [len(o) for o in model_outputs], [len(o) for o in reference_outputs]
+    if model_lengths is not None and reference_lengths is not None:
+        metrics["avg_length"] = mean_length(model_lengths)
+        metrics["length_controlled_winrate"] = length_controlled_winrate(preferences, model_lengths,
+                                                                         reference_lengths)
     return metrics
 
 

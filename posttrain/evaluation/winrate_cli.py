@@ -23,6 +23,7 @@ from posttrain.io import atomic_write_json, read_json_list
 
 JUDGE_KINDS = ("rule", "reward", "llm", "llm-openai")
 ANNOTATION_KEYS = ("instruction", "output_1", "output_2", "preference")
+COMPACT_KEYS = ("preference", "output_1_length", "output_2_length")
 OUTPUT_KEYS = ("instruction", "output", "generator")
 JUDGE_BATCH = 32  # annotations appended to the cache after every batch
 
@@ -42,6 +43,23 @@ def leaderboard(annotations: list[dict], model_outputs: list[str] | None = None)
     return {k: _clean(v) for k, v in metrics.items()}
 
 
+def read_compact_annotations(path: str) -> dict | None:
+    """AlpacaEval annotations in compact column form, {"preference": [...], "output_1_length": [...],
+    "output_2_length": [...], "generator_2": name} (as in tests/fixtures/alpaca_eval), or None for another form."""
+    file = Path(path).expanduser()
+    if not file.is_file() or not file.read_text(encoding="utf-8").lstrip().startswith("{"):
+        return None
+    try:
+        data = json.loads(file.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as err:
+        raise UsageError(f"annotations file {path!r} is not valid JSON ({err.msg}, line {err.lineno})") from None
+    columns = [data.get(key) for key in COMPACT_KEYS]
+    if not all(isinstance(c, list) for c in columns) or len({len(c) for c in columns}) != 1:
+        raise UsageError(f"annotations file {path!r} is an object: it must hold lists {', '.join(COMPACT_KEYS)} of "
+                         "one length (or use AlpacaEval's list of annotation objects)")
+    return data
+
+
 def write_results(output_dir: Path, name: str, metrics: dict) -> None:
     """leaderboard.json is {model name: metrics}, like one row of the AlpacaEval leaderboard."""
     atomic_write_json(output_dir / "leaderboard.json", {name: metrics})
@@ -49,14 +67,25 @@ def write_results(output_dir: Path, name: str, metrics: dict) -> None:
 
 
 def score_annotations(args) -> dict:
+    compact = read_compact_annotations(args.annotations)
+    if compact is not None:
+        return _score(args, compact["preference"], compact.get("generator_2"),
+                      model_lengths=compact["output_2_length"], reference_lengths=compact["output_1_length"])
     rows = read_json_list(args.annotations, "annotations", ANNOTATION_KEYS)
-    for index, row in enumerate(rows):
-        if row["preference"] is not None and not isinstance(row["preference"], int | float):
+    return _score(args, [r["preference"] for r in rows], rows[0].get("generator_2"),
+                  model_outputs=[r["output_2"] or "" for r in rows],
+                  reference_outputs=[r["output_1"] or "" for r in rows])
+
+
+def _score(args, preferences: list, generator: str | None, **lengths) -> dict:
+    """Leaderboard metrics of scored annotations, written to --output_dir."""
+    for index, preference in enumerate(preferences):
+        if preference is not None and not isinstance(preference, int | float):
             raise UsageError(f"annotations file {args.annotations!r}: entry {index} has preference "
-                             f"{row['preference']!r}; expected a number in [1, 2] or null")
-    name = args.name or str(rows[0].get("generator_2", Path(args.annotations).stem))
+                             f"{preference!r}; expected a number in [1, 2] or null")
+    name = args.name or str(generator or Path(args.annotations).stem)
     try:
-        metrics = leaderboard(rows)
+        metrics = {k: _clean(v) for k, v in winrate_metrics(preferences, **lengths).items()}
     except ValueError as err:
         raise UsageError(f"annotations file {args.annotations!r}: {err}") from None
     write_results(Path(args.output_dir), name, metrics)
