@@ -47,33 +47,20 @@ def _eval_task(args) -> None:
     print(json.dumps({k: v for k, v in result.items() if k != "examples"}, indent=2))
 
 
-def _demo_rpo(args) -> None:
-    from posttrain.demo_rpo import run_rpo_comparison
-
-    output = args.output if args.output != "runs/demo" else "runs/demo-rpo"
-    run_rpo_comparison(output, tuple(args.seeds))
-    with open(f"{output}/report.md") as report:
-        print(report.read())
-
-
 def _demo(args) -> None:
-    from rich.console import Console
-    from rich.table import Table
-
-    from posttrain.demo import run_demo
-
     if args.which == "rpo":
-        _demo_rpo(args)
+        from posttrain.demo_rpo import run_rpo_comparison
+
+        output = args.output if args.output != "runs/demo" else "runs/demo-rpo"
+        run_rpo_comparison(output, tuple(args.seeds))
+        with open(f"{output}/report.md") as report:
+            print(report.read())
         return
+    from posttrain.demo import headline_table, run_demo
+
     results = run_demo(args.output, tuple(args.seeds))
-    table = Table(title=f"Proving-ground demo (sort8), report: {args.output}/report.md")
-    for column in ("seed", "SFT acc", "DPO acc", "change (pts)", "DPO win rate vs SFT", "pairs", "seconds"):
-        table.add_column(column, justify="right")
-    for r in results:
-        table.add_row(str(r["seed"]), f"{r['sft_accuracy']:.3f}", f"{r['dpo_accuracy']:.3f}",
-                      f"{r['change_points']:+.1f}", f"{r['dpo_win_rate_vs_sft']:.1f}", str(r["pairs"]),
-                      str(r["stage_seconds"]))
-    Console().print(table)
+    print(f"\nProving-ground demo ({results['task']}), report: {args.output}/report.md\n")
+    print("\n".join(headline_table(results)))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -104,9 +91,10 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--n", type=int, default=500)
     evaluate.add_argument("--seed", type=int, default=0)
     evaluate.set_defaults(func=_eval_task)
-    demo = commands.add_parser("demo", help="proving-ground demo: tiny model -> SFT -> DPO -> evaluation; "
-                                            "`demo rpo`: DPO vs RPO (3 normalisations) vs SFT-on-chosen")
-    demo.add_argument("which", nargs="?", default="dpo", choices=["dpo", "rpo"])
+    demo = commands.add_parser("demo", help="proving-ground demo: tiny model -> SFT -> every preference method and "
+                                            "an SFT-on-chosen control -> one table; `demo rpo`: DPO vs RPO "
+                                            "(3 normalisations) vs SFT-on-chosen")
+    demo.add_argument("which", nargs="?", default="all", choices=["all", "rpo"])
     demo.add_argument("--output", default="runs/demo")
     demo.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     demo.set_defaults(func=_demo)

@@ -1,93 +1,214 @@
-"""The proving-ground demo: tiny model -> SFT -> on-policy pairs -> DPO -> judged evaluation, per seed.
+"""The proving-ground demo: every registered preference method against SFT and an SFT-on-chosen control, per seed.
 
-Every stage is resumable: a finished stage (its report.md exists) is skipped on rerun, and an interrupted
-training stage resumes from its newest checkpoint.
+Stages (`posttrain.pipeline`; rerunning skips finished ones and resumes interrupted training from its newest
+checkpoint): `tiny-llama` (the from-scratch model), then per seed under `seed<k>/`: `sft`, `pairs` (sampled from the
+SFT model), one stage per demo method, `sft-on-chosen` (the control) and `eval` (the judged results). A demo method is
+a registered method with dataset kind `preference` and a `toy_recipe`, trained on the seed's on-policy pairs from its
+SFT checkpoint; a method needing other data plugs its own stage into `CUSTOM_STAGES`. Ends with one headline table.
 """
 
 from __future__ import annotations
 
-import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from functools import partial
 from pathlib import Path
+
+import yaml
 
 from posttrain.data.pairs import sample_preference_pairs
 from posttrain.data.proving_ground import proving_ground_rows
 from posttrain.data.tasks import get_task, tokenizer_corpus
+from posttrain.errors import UsageError
 from posttrain.generation import SamplingParams, TransformersGenerator
 from posttrain.io import atomic_write_json, atomic_write_text, read_json, write_jsonl
 from posttrain.models import load_causal_lm, load_tokenizer, make_tiny_model
+from posttrain.pipeline import Pipeline
 from posttrain.recipe import load_recipe
+from posttrain.registry import METHODS, get_method
 from posttrain.train import train
 
-RECIPE_DIR = Path(__file__).resolve().parents[1] / "recipes"
-RECIPES = {"sft": str(RECIPE_DIR / "sft/sort8_tiny_cpu.yaml"), "dpo": str(RECIPE_DIR / "dpo/sort8_tiny_cpu.yaml")}
+REPO = Path(__file__).resolve().parents[1]
+CONTROL = "sft-on-chosen"
+PAIRS, CHOSEN = "pairs.jsonl", "chosen_sft.jsonl"
+# The control copies these settings from the DPO toy recipe, so it differs from DPO only in its loss.
+CONTROL_KEYS = ("learning_rate", "num_train_epochs", "per_device_train_batch_size", "lr_scheduler_type")
+Callbacks = Callable[[Path], list] | None  # run directory -> trainer callbacks, built only when the stage runs
 
 
-def train_stage(recipe_path: str, output_dir: Path, callbacks: list | None = None, **overrides) -> Path:
-    """Train one recipe into `output_dir`, or do nothing when that stage already finished (report.md exists)."""
-    if (output_dir / "report.md").exists():
-        return output_dir
-    return train(load_recipe(recipe_path, output_dir=str(output_dir), **overrides), callbacks)
+@dataclass(frozen=True)
+class DemoSettings:
+    task: str = "sort8"
+    num_pair_prompts: int = 3000
+    eval_examples: int = 500
 
 
-def on_policy_pairs(sft_dir: Path, path: Path, task_name: str, num_prompts: int, seed: int) -> dict:
-    """Sample 4 answers per prompt from the SFT model; pair a correct one (chosen) with a wrong one (rejected)."""
-    stats_path = path.with_suffix(".stats.json")
-    if path.exists() and stats_path.exists():
-        return read_json(stats_path)
-    task = get_task(task_name)
-    generator = TransformersGenerator(load_causal_lm(str(sft_dir)), load_tokenizer(str(sft_dir)))
-    rows = proving_ground_rows(f"{task_name}/sft", "train", num_prompts, seed=seed + 1)
-    params = SamplingParams(n=4, temperature=1.0, top_k=10, max_new_tokens=task.num_digits + 4, seed=seed)
-    pairs, stats = sample_preference_pairs(generator, rows, task.score, params, seed)
-    write_jsonl(path, pairs)
-    atomic_write_json(stats_path, stats)
-    return stats
+def toy_recipe(method: str) -> str:
+    """The absolute path of a registered method's proving-ground recipe."""
+    recipe = get_method(method).toy_recipe
+    if recipe is None:
+        raise UsageError(f"method {method!r} has no toy recipe for the demo")
+    return str(REPO / recipe)
 
 
-def _run_seed(root: Path, tiny: Path, seed: int, task_name: str, num_pair_prompts: int, eval_examples: int) -> dict:
-    if (root / "result.json").exists():
-        return read_json(root / "result.json")
-    start = time.time()
-    common = {"seed": seed, "eval_task": task_name, "eval_num_examples": eval_examples}
-    sft = train_stage(RECIPES["sft"], root / "sft", model_name_or_path=str(tiny), **common)
-    stats = on_policy_pairs(sft, root / "pairs.jsonl", task_name, num_pair_prompts, seed)
-    dpo = train_stage(RECIPES["dpo"], root / "dpo", model_name_or_path=str(sft), dataset_name=str(root / "pairs.jsonl"),
-                 eval_baseline_model=str(sft), dataset_num_examples=100000, **common)
-    sft_eval, dpo_eval = read_json(sft / "eval.json"), read_json(dpo / "eval.json")
-    result = {"seed": seed, "sft_accuracy": sft_eval["accuracy"], "dpo_accuracy": dpo_eval["accuracy"],
-              "change_points": 100 * (dpo_eval["accuracy"] - sft_eval["accuracy"]),
-              "dpo_win_rate_vs_sft": dpo_eval["vs_baseline"]["win_rate"],
-              "pairs": stats["pairs"], "stage_seconds": round(time.time() - start, 1)}
-    atomic_write_json(root / "result.json", result)
-    return result
+def control_overrides() -> dict:
+    """SFT on the chosen answers with the DPO toy recipe's optimiser settings (no warmup, as DPO)."""
+    dpo = yaml.safe_load(Path(toy_recipe("dpo")).read_text())
+    return {**{key: dpo[key] for key in CONTROL_KEYS}, "warmup_steps": 0}
 
 
-def demo_tiny_model(output: Path) -> Path:
-    """The from-scratch starting point every demo seed shares: `<output>/tiny-llama`, built once."""
-    tiny = output / "tiny-llama"
-    if not tiny.exists():
-        make_tiny_model(tiny, tokenizer_corpus(), family="llama", seed=0)
-    return tiny
+def train_stage(pipe: Pipeline, name: str, recipe_path: str, callbacks: Callbacks = None, **overrides) -> dict:
+    """Stage `name`: train `recipe_path` into the stage folder; its result is the run summary `train` records."""
+
+    def run(stage_dir: Path) -> Path:
+        recipe = load_recipe(recipe_path, output_dir=str(stage_dir), **overrides)
+        return train(recipe, callbacks(stage_dir) if callbacks else None)
+
+    return pipe.stage(name, run)
+
+
+def demo_tiny_model(pipe: Pipeline) -> Path:
+    """The from-scratch starting point every demo seed shares: stage `tiny-llama`, built once."""
+    pipe.stage("tiny-llama", lambda d: make_tiny_model(d, tokenizer_corpus(), family="llama", seed=0))
+    return pipe.path("tiny-llama")
+
+
+class SeedStages:
+    """One seed's stages under `<root>/seed<k>`: sft, pairs, one per method, the control, eval."""
+
+    def __init__(self, root: Pipeline, seed: int, settings: DemoSettings):
+        self.pipe, self.seed, self.settings = root.sub(f"seed{seed}"), seed, settings
+        self.common = {"seed": seed, "eval_task": settings.task, "eval_num_examples": settings.eval_examples}
+
+    def prepare(self, tiny: Path) -> dict:
+        """Stages `sft` (from the tiny model) and `pairs`; returns the pair statistics."""
+        train_stage(self.pipe, "sft", toy_recipe("sft"), model_name_or_path=str(tiny), **self.common)
+        return self.pipe.stage("pairs", self._sample_pairs)
+
+    def _sample_pairs(self, stage_dir: Path) -> dict:
+        """Sample 4 answers per prompt from the SFT model; pair a correct one (chosen) with a wrong one (rejected)."""
+        task, sft = get_task(self.settings.task), str(self.pipe.path("sft"))
+        generator = TransformersGenerator(load_causal_lm(sft), load_tokenizer(sft))
+        rows = proving_ground_rows(f"{self.settings.task}/sft", "train", self.settings.num_pair_prompts,
+                                   seed=self.seed + 1)
+        params = SamplingParams(n=4, temperature=1.0, top_k=10, max_new_tokens=task.num_digits + 4, seed=self.seed)
+        pairs, stats = sample_preference_pairs(generator, rows, task.score, params, self.seed)
+        write_jsonl(stage_dir / PAIRS, pairs)
+        write_jsonl(stage_dir / CHOSEN, [{"prompt": p["prompt"], "completion": p["chosen"]} for p in pairs])
+        return stats
+
+    def preference(self, name: str, recipe: str, callbacks: Callbacks = None, **overrides) -> dict:
+        """Stage `name`: `recipe` on this seed's pairs from its SFT checkpoint, judged against the SFT model."""
+        return self.from_sft(name, recipe, self.pipe.path("pairs") / PAIRS, callbacks, **overrides)
+
+    def control(self, callbacks: Callbacks = None) -> dict:
+        """Stage `sft-on-chosen`: SFT on the chosen answers of the same pairs, with DPO's optimiser settings."""
+        return self.from_sft(CONTROL, toy_recipe("sft"), self.pipe.path("pairs") / CHOSEN, callbacks,
+                             **control_overrides())
+
+    def from_sft(self, name: str, recipe: str, data: Path, callbacks: Callbacks = None, **overrides) -> dict:
+        """Stage `name`: `recipe` on `data`, starting from and judged against this seed's SFT model."""
+        sft = str(self.pipe.path("sft"))
+        return train_stage(self.pipe, name, recipe, callbacks, model_name_or_path=sft, dataset_name=str(data),
+                           eval_baseline_model=sft, dataset_num_examples=100000, **self.common, **overrides)
+
+    def evaluate(self, names: list[str]) -> list[dict]:
+        """Stage `eval`: one judged row for SFT and for each named stage (accuracy, change, win rate vs SFT)."""
+        return self.pipe.stage("eval", lambda d: self._judged_rows(names), fingerprint=names)
+
+    def _judged_rows(self, names: list[str]) -> list[dict]:
+        sft = read_json(self.pipe.path("sft") / "eval.json")["accuracy"]
+        rows = [{"method": "sft", "seed": self.seed, "accuracy": sft, "change_points": None,
+                 "win_rate_vs_sft": None, "win_rate_se": None}]
+        for name in names:
+            evaluation = read_json(self.pipe.path(name) / "eval.json")
+            rows.append({"method": name, "seed": self.seed, "accuracy": evaluation["accuracy"],
+                         "change_points": 100 * (evaluation["accuracy"] - sft),
+                         "win_rate_vs_sft": evaluation["vs_baseline"]["win_rate"],
+                         "win_rate_se": evaluation["vs_baseline"]["standard_error"]})
+        return rows
+
+
+# method name -> its demo stage, for methods whose demo needs other data than the seed's on-policy pairs.
+CUSTOM_STAGES: dict[str, Callable[[SeedStages], dict]] = {}
+
+
+def demo_methods() -> dict[str, Callable[[SeedStages], dict]]:
+    """Every method the demo trains, with its stage: custom ones, and preference methods with a toy recipe."""
+    on_pairs = {m.name: partial(_on_pairs, name=m.name) for m in METHODS.values()
+                if m.dataset_kind == "preference" and m.toy_recipe}
+    return {**on_pairs, **CUSTOM_STAGES}
+
+
+def _on_pairs(stages: SeedStages, name: str) -> dict:
+    return stages.preference(name, toy_recipe(name))
+
+
+def open_demo(output: str, settings: DemoSettings) -> Pipeline:
+    """The demo's pipeline at `output`; a one-line error if it already holds a run with other settings."""
+    pipe = Pipeline(output)
+    recorded = pipe.stage("settings", lambda d: asdict(settings))
+    if recorded != asdict(settings):
+        raise UsageError(f"{output} holds a demo run with other settings ({recorded}); pass another --output or "
+                         f"remove it")
+    return pipe
 
 
 def run_demo(output: str = "runs/demo", seeds: tuple[int, ...] = (0, 1), task_name: str = "sort8",
-             num_pair_prompts: int = 3000, eval_examples: int = 500) -> list[dict]:
-    """Run the pipeline for each seed; return one result row per seed and write `<output>/report.md`."""
-    output = Path(output)
-    tiny = demo_tiny_model(output)
-    results = [_run_seed(output / f"seed{seed}", tiny, seed, task_name, num_pair_prompts, eval_examples)
-               for seed in seeds]
-    _write_demo_report(output, task_name, results)
+             num_pair_prompts: int = 3000, eval_examples: int = 500) -> dict:
+    """Run every seed's stages; write `<output>/report.md` and `results.json`; return the results."""
+    settings = DemoSettings(task_name, num_pair_prompts, eval_examples)
+    pipe = open_demo(output, settings)
+    tiny, methods = demo_tiny_model(pipe), demo_methods()
+    rows, pairs = [], {}
+    for seed in seeds:
+        stages = SeedStages(pipe, seed, settings)
+        pairs[seed] = stages.prepare(tiny)["pairs"]
+        for stage in methods.values():
+            stage(stages)
+        stages.control()
+        rows += stages.evaluate([*methods, CONTROL])
+    results = {**asdict(settings), "seeds": list(seeds), "pairs": pairs, "rows": rows, "means": mean_rows(rows)}
+    _write_demo_report(Path(output), results)
     return results
 
 
-def _write_demo_report(output: Path, task_name: str, results: list[dict]) -> None:
-    header = "| seed | SFT acc | DPO acc | change (pts) | DPO win rate vs SFT | pairs |"
-    rows = [f"| {r['seed']} | {r['sft_accuracy']:.3f} | {r['dpo_accuracy']:.3f} | {r['change_points']:+.1f} | "
-            f"{r['dpo_win_rate_vs_sft']:.1f} | {r['pairs']} |" for r in results]
-    text = "\n".join([f"# Proving-ground demo: {task_name}", "",
-                      "SFT from scratch, then DPO on the SFT model's own samples (chosen = correct, rejected = "
-                      "wrong), judged by exact match on held-out prompts. Per-seed reports: `seed*/*/report.md`.",
-                      "", header, "|---|---|---|---|---|---|", *rows, ""])
+def mean_rows(rows: list[dict]) -> list[dict]:
+    """One row per method averaging accuracy, change and win rate over its seeds (seed 'mean')."""
+    keys = ("accuracy", "change_points", "win_rate_vs_sft")
+    means = []
+    for method in dict.fromkeys(r["method"] for r in rows):
+        mine = [r for r in rows if r["method"] == method]
+        means.append({"method": method, "seed": "mean", "win_rate_se": None,
+                      **{k: None if mine[0][k] is None else sum(r[k] for r in mine) / len(mine) for k in keys}})
+    return means
+
+
+def _cell(value, spec: str, se=None) -> str:
+    if value is None:
+        return ""
+    return format(value, spec) + ("" if se is None else f" ± {se:.1f}")
+
+
+def headline_table(results: dict) -> list[str]:
+    """The demo's one table (markdown): per method, each seed and the mean over seeds."""
+    lines = ["| method | seed | accuracy | change vs SFT (pts) | rule-judge win rate vs SFT |", "|---|---|---|---|---|"]
+    for mean in results["means"]:
+        label = f"{mean['method']} (control)" if mean["method"] == CONTROL else mean["method"]
+        for r in [r for r in results["rows"] if r["method"] == mean["method"]] + [mean]:
+            lines.append(f"| {label} | {r['seed']} | {r['accuracy']:.3f} | {_cell(r['change_points'], '+.1f')} | "
+                         f"{_cell(r['win_rate_vs_sft'], '.1f', r['win_rate_se'])} |")
+    return lines
+
+
+def _write_demo_report(output: Path, results: dict) -> None:
+    pairs = ", ".join(f"seed {seed}: {n}" for seed, n in results["pairs"].items())
+    text = "\n".join([
+        f"# Proving-ground demo: {results['task']}", "",
+        "Per seed: SFT from scratch, then each preference method on the SFT model's own samples (chosen = correct, "
+        "rejected = wrong) from that SFT checkpoint, and SFT on the chosen answers as a control (the DPO toy recipe's "
+        f"lr, epochs and batch). Greedy exact match on {results['eval_examples']} held-out prompts; win rate by the "
+        f"rule judge against the seed's SFT model. On-policy pairs: {pairs}. Stage reports: `seed*/*/report.md`.",
+        "", *headline_table(results), ""])
     atomic_write_text(output / "report.md", text)
     atomic_write_json(output / "results.json", results)

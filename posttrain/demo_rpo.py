@@ -1,63 +1,71 @@
 """Proving-ground evidence for RPO (METHODS.md §1): DPO vs RPO (sum, mean, token) vs an SFT-on-chosen control.
 
-Per seed, from one SFT checkpoint and one set of on-policy pairs (the `posttrain demo` stages), every variant is
-trained with the same data, optimiser and schedule. Recorded over training: the chosen log-prob (from the trainer's
-logs), held-out accuracy after each epoch, and the final rule-judge win rate against the SFT model.
+Per seed, from one SFT checkpoint and one set of on-policy pairs (the `posttrain demo` stages, `posttrain.demo`),
+every variant is trained with the same data, optimiser and schedule. Recorded over training: the chosen log-prob (from
+the trainer's logs), held-out accuracy after each epoch, and the final rule-judge win rate against the SFT model.
 The paper's claim to check: RPO keeps the chosen log-prob from collapsing where DPO lets it fall, with accuracy and
 win rate at least DPO's. The SFT-on-chosen control separates the SFT term's own effect from preference learning.
-Each variant is a resumable stage: rerunning skips finished ones.
+Each variant is a resumable pipeline stage: rerunning skips finished ones.
 """
 
 from __future__ import annotations
 
 import json
+from functools import partial
 from pathlib import Path
 
-from posttrain.demo import RECIPE_DIR, RECIPES, demo_tiny_model, on_policy_pairs, train_stage
+from posttrain.demo import CONTROL, DemoSettings, SeedStages, demo_tiny_model, open_demo, toy_recipe
 from posttrain.evaluation.proving_ground import epoch_accuracy_callback
-from posttrain.io import atomic_write_json, atomic_write_text, read_json, read_jsonl, write_jsonl
+from posttrain.io import atomic_write_json, atomic_write_text, read_json, read_jsonl
 from posttrain.models import load_tokenizer
 
-RPO_RECIPE = str(RECIPE_DIR / "rpo/sort8_tiny_cpu.yaml")
-# name -> (recipe, overrides). All share lr 1e-4, 2 epochs, batch 16, cosine (the DPO/RPO toy recipes' settings).
+EPOCHS_FILE = "epoch_accuracy.json"
+# name -> (registered method, overrides of its toy recipe); the control is `posttrain.demo`'s.
 VARIANTS: dict[str, tuple[str, dict]] = {
-    "dpo": (RECIPES["dpo"], {}),
-    "rpo-sum": (RPO_RECIPE, {"sft_normalization": "sum"}),
-    "rpo-mean": (RPO_RECIPE, {"sft_normalization": "mean"}),
-    "rpo-token": (RPO_RECIPE, {"sft_normalization": "token"}),
-    "sft-on-chosen": (RECIPES["sft"], {"num_train_epochs": 2, "per_device_train_batch_size": 16,
-                                       "learning_rate": 1e-4, "warmup_steps": 0}),
+    "dpo": ("dpo", {}),
+    "rpo-sum": ("rpo", {"sft_normalization": "sum"}),
+    "rpo-mean": ("rpo", {"sft_normalization": "mean"}),
+    "rpo-token": ("rpo", {"sft_normalization": "token"}),
+    CONTROL: (CONTROL, {}),
 }
 
 
-def _chosen_as_sft(pairs: Path) -> Path:
-    path = pairs.with_name("chosen_sft.jsonl")
-    if not path.exists():
-        write_jsonl(path, [{"prompt": row["prompt"], "completion": row["chosen"]} for row in read_jsonl(pairs)])
-    return path
+def _epoch_callbacks(run_dir: Path, stages: SeedStages) -> list:
+    """Judge the model after each epoch and save the points (atomically, so they survive a resumed run)."""
+    from transformers import TrainerCallback
+
+    file = run_dir / EPOCHS_FILE
+    points = read_json(file) if file.exists() else []
+    settings = stages.settings
+    measure = epoch_accuracy_callback(settings.task, load_tokenizer(str(stages.pipe.path("sft"))),
+                                      settings.eval_examples, 0, points)
+
+    class SavePoints(TrainerCallback):
+        def on_epoch_end(self, args, state, control, **kwargs):
+            atomic_write_json(file, list({p["epoch"]: p for p in points}.values()))
+
+    return [measure, SavePoints()]
 
 
 def _logged(run_dir: Path, key: str) -> list[float]:
     return [row[key] for row in read_jsonl(run_dir / "metrics.jsonl") if key in row]
 
 
-def _train_variant(name: str, root: Path, sft: Path, pairs: Path, common: dict) -> dict:
-    recipe, overrides = VARIANTS[name]
-    data = _chosen_as_sft(pairs) if name == "sft-on-chosen" else pairs
-    run_dir, points_file = root / name, root / name / "epoch_accuracy.json"
-    points: list[dict] = []
-    callback = epoch_accuracy_callback(common["eval_task"], load_tokenizer(str(sft)), common["eval_num_examples"],
-                                       0, points)
-    train_stage(recipe, run_dir, [callback], model_name_or_path=str(sft), dataset_name=str(data),
-                eval_baseline_model=str(sft), dataset_num_examples=100000, **common, **overrides)
-    if points:
-        atomic_write_json(points_file, points)
-    evaluation = read_json(run_dir / "eval.json")
+def _train_variant(stages: SeedStages, name: str) -> None:
+    method, overrides = VARIANTS[name]
+    callbacks = partial(_epoch_callbacks, stages=stages)
+    if method == CONTROL:
+        stages.control(callbacks)
+    else:
+        stages.preference(name, toy_recipe(method), callbacks, **overrides)
+
+
+def _variant_row(stages: SeedStages, judged: dict) -> dict:
+    run_dir = stages.pipe.path(judged["method"])
     chosen = _logged(run_dir, "logps/chosen")
-    return {"variant": name, "accuracy": evaluation["accuracy"],
-            "accuracy_by_epoch": [p["accuracy"] for p in read_json(points_file)] if points_file.exists() else [],
-            "win_rate_vs_sft": evaluation["vs_baseline"]["win_rate"],
-            "win_rate_se": evaluation["vs_baseline"]["standard_error"],
+    epochs = read_json(run_dir / EPOCHS_FILE) if (run_dir / EPOCHS_FILE).exists() else []
+    return {"variant": judged["method"], **{k: v for k, v in judged.items() if k != "method"},
+            "accuracy_by_epoch": [p["accuracy"] for p in epochs],
             "chosen_logp_first": chosen[0] if chosen else None, "chosen_logp_last": chosen[-1] if chosen else None,
             "chosen_logp_min": min(chosen) if chosen else None}
 
@@ -65,19 +73,19 @@ def _train_variant(name: str, root: Path, sft: Path, pairs: Path, common: dict) 
 def run_rpo_comparison(output: str = "runs/demo-rpo", seeds: tuple[int, ...] = (0, 1), task_name: str = "sort8",
                        num_pair_prompts: int = 3000, eval_examples: int = 500) -> list[dict]:
     """Train every variant for every seed; write `<output>/report.md` and `results.json`; return the rows."""
-    output = Path(output)
-    tiny = demo_tiny_model(output)
+    settings = DemoSettings(task_name, num_pair_prompts, eval_examples)
+    pipe = open_demo(output, settings)
+    tiny = demo_tiny_model(pipe)
     rows = []
     for seed in seeds:
-        root = output / f"seed{seed}"
-        common = {"seed": seed, "eval_task": task_name, "eval_num_examples": eval_examples}
-        sft = train_stage(RECIPES["sft"], root / "sft", model_name_or_path=str(tiny), **common)
-        stats = on_policy_pairs(sft, root / "pairs.jsonl", task_name, num_pair_prompts, seed)
-        sft_accuracy = read_json(sft / "eval.json")["accuracy"]
+        stages = SeedStages(pipe, seed, settings)
+        stats = stages.prepare(tiny)
         for name in VARIANTS:
-            row = _train_variant(name, root, sft, root / "pairs.jsonl", common)
-            rows.append({"seed": seed, "sft_accuracy": sft_accuracy, "pairs": stats["pairs"], **row})
-            _write_report(output, rows)
+            _train_variant(stages, name)
+        sft, *judged = stages.evaluate(list(VARIANTS))
+        rows += [{**_variant_row(stages, j), "sft_accuracy": sft["accuracy"], "pairs": stats["pairs"]}
+                 for j in judged]
+        _write_report(Path(output), rows)
     return rows
 
 
@@ -97,8 +105,7 @@ def _write_report(output: Path, rows: list[dict]) -> None:
                  f"({_fmt(r['chosen_logp_min'], '.2f')})")
         by_epoch = " / ".join(f"{a:.3f}" for a in r["accuracy_by_epoch"]) or "-"
         lines.append(f"| {r['seed']} | {r['variant']} | {trend} | {by_epoch} | {r['accuracy']:.3f} | "
-                     f"{100 * (r['accuracy'] - r['sft_accuracy']):+.1f} | {r['win_rate_vs_sft']:.1f} "
-                     f"± {r['win_rate_se']:.1f} |")
+                     f"{r['change_points']:+.1f} | {r['win_rate_vs_sft']:.1f} ± {r['win_rate_se']:.1f} |")
     lines += ["", "SFT accuracy per seed: " + ", ".join(sorted({f"seed {r['seed']}: {r['sft_accuracy']:.3f} "
                                                               f"({r['pairs']} pairs)" for r in rows})), ""]
     atomic_write_text(output / "report.md", "\n".join(lines))

@@ -92,6 +92,7 @@ def build_trainer(recipe: Recipe, callbacks: list | None = None):
         model=model, args=recipe.training, train_dataset=train, eval_dataset=evaluation,
         processing_class=tokenizer, peft_config=get_peft_config(recipe.model),
         callbacks=[metrics_callback(run_dir), *(callbacks or [])],
+        **recipe.method.extra_trainer_kwargs(recipe, tokenizer, train, evaluation),
     )
     trainer.add_callback(topology_callback(current_topology(trainer.accelerator)))
     return trainer
@@ -128,29 +129,33 @@ def _post_training_eval(recipe: Recipe, run_dir: Path, tokenizer) -> dict | None
         return evaluate_task(model, run.eval_task, run.eval_num_examples, run.dataset_seed, baseline)
 
 
-def _already_complete(recipe: Recipe, run_dir: Path, checkpoint: str) -> bool:
-    """A rerun of a finished run must not train again (resuming at max_steps would take one extra step)."""
-    import json
+def _training_length(recipe: Recipe) -> dict:
+    """The completion record's fingerprint: a rerun asking for more steps or epochs is not finished."""
+    steps = recipe.training.max_steps
+    return {"max_steps": steps} if steps > 0 else {"num_train_epochs": recipe.training.num_train_epochs}
 
-    state_file = Path(checkpoint) / "trainer_state.json"
-    if not (run_dir / "report.md").exists() or not state_file.exists():
-        return False
-    state = json.loads(state_file.read_text())
-    target = recipe.training.max_steps if recipe.training.max_steps > 0 else state.get("max_steps", 0)
-    return state.get("global_step", 0) >= target > 0
+
+def _already_complete(recipe: Recipe, run_dir: Path) -> bool:
+    """Whether the run's completion record (`posttrain.pipeline`'s rule) says it finished at this training length.
+    A rerun of a finished run must not train again (resuming at max_steps would take one extra step); otherwise a
+    stale record is dropped, and `--auto_resume false` always starts over."""
+    from posttrain.pipeline import begin
+
+    return begin(run_dir, _training_length(recipe), rerun=not recipe.run.auto_resume) is not None
 
 
 def train(recipe: Recipe, callbacks: list | None = None) -> Path:
     """Run (or resume) the recipe's training; return the run directory."""
     from posttrain.evaluation.report import write_report
     from posttrain.io import atomic_write_json
+    from posttrain.pipeline import finish
 
     run_dir = Path(recipe.training.output_dir)
     resume = recipe.training.resume_from_checkpoint
     if resume is None and recipe.run.auto_resume:
         resume = last_checkpoint(run_dir)
-    if resume and _already_complete(recipe, run_dir, resume):
-        print(f"posttrain: {run_dir} already finished at {resume}; nothing to do (--auto_resume false starts over)")
+    if _already_complete(recipe, run_dir):
+        print(f"posttrain: {run_dir} already finished; nothing to do (--auto_resume false starts over)")
         return run_dir
     trainer = build_trainer(recipe, callbacks)
     if resume:
@@ -177,7 +182,9 @@ def train(recipe: Recipe, callbacks: list | None = None) -> Path:
             if "vs_baseline" in evaluation:
                 summary["win_rate_vs_baseline"] = evaluation["vs_baseline"]["win_rate"]
             sections.append(_eval_section(evaluation))
-        write_report(run_dir, f"{recipe.method.name} run: {run_dir.name}", summary, sections)
+        write_report(run_dir, f"{recipe.method.name} run: {run_dir.name}", summary, sections,
+                     recipe.method.report_metrics)
+        finish(run_dir, summary, _training_length(recipe))  # last: the run's outputs are all written
         trainer.accelerator.print(f"posttrain: run directory {run_dir} (report.md written)")
     trainer.accelerator.wait_for_everyone()
     return run_dir

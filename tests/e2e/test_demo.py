@@ -8,7 +8,11 @@ import subprocess
 import sys
 from pathlib import Path
 
-from posttrain.demo import run_demo
+import pytest
+
+from posttrain.demo import CONTROL, run_demo
+from posttrain.errors import UsageError
+from posttrain.registry import METHODS
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -27,12 +31,12 @@ def test_toy_recipes_run_from_the_command_line(tmp_path):
     dpo = _posttrain("train", "--config", str(REPO / "recipes/dpo/sort8_tiny_cpu.yaml"), "--max_steps", "4",
                      "--eval_num_examples", "20", cwd=tmp_path)
     assert dpo.returncode == 0, dpo.stderr[-2000:]
-    assert "reference log-probs for train (512 rows) computed and cached" in dpo.stdout
+    assert "ref log-probs for train (512 rows, 2 sequences each) computed and cached" in dpo.stdout
     rpo = _posttrain("train", "--config", str(REPO / "recipes/rpo/sort8_tiny_cpu.yaml"), "--max_steps", "4",
                      "--eval_num_examples", "20", cwd=tmp_path)
     assert rpo.returncode == 0, rpo.stderr[-2000:]
     # Same reference model and pairs as the DPO run: RPO reuses its reference log-probs from the disk cache.
-    assert "reference log-probs for train (512 rows) loaded from cache" in rpo.stdout
+    assert "ref log-probs for train (512 rows, 2 sequences each) loaded from cache" in rpo.stdout
     for stage in ("sft", "dpo", "rpo"):
         run_dir = tmp_path / "runs/toy" / stage
         assert (run_dir / "report.md").exists() and (run_dir / "loss.png").exists()
@@ -41,19 +45,30 @@ def test_toy_recipes_run_from_the_command_line(tmp_path):
     assert "| loss/sft |" in rpo_report and "| logps/chosen |" in rpo_report and "win rate" in rpo_report
 
 
-def test_demo_runs_and_rerun_skips_finished_stages(tmp_path):
-    results = run_demo(str(tmp_path / "demo"), seeds=(0,), num_pair_prompts=200, eval_examples=100)
-    (row,) = results
-    assert row["sft_accuracy"] > 0.05  # an untrained model scores 0: SFT learned the task
-    assert row["pairs"] > 0 and 0 <= row["dpo_accuracy"] <= 1
-    assert 0 <= row["dpo_win_rate_vs_sft"] <= 100
-    report = (tmp_path / "demo/report.md").read_text()
-    assert "| seed | SFT acc | DPO acc |" in report
-    weights = tmp_path / "demo/seed0/dpo/model.safetensors"
-    stamp = weights.stat().st_mtime_ns
-    (tmp_path / "demo/seed0/result.json").unlink()  # force the stage-level skip logic to run
-    again = run_demo(str(tmp_path / "demo"), seeds=(0,), num_pair_prompts=200, eval_examples=100)
-    assert again[0]["dpo_accuracy"] == row["dpo_accuracy"] and weights.stat().st_mtime_ns == stamp
+def test_demo_headline_table_covers_every_preference_method_and_rerun_skips_stages(tmp_path):
+    output = tmp_path / "demo"
+    results = run_demo(str(output), seeds=(0,), num_pair_prompts=200, eval_examples=100)
+    methods = [m.name for m in METHODS.values() if m.dataset_kind == "preference" and m.toy_recipe]
+    assert {"dpo", "rpo"} <= set(methods)
+    expected = ["sft", *methods, CONTROL]
+    assert [r["method"] for r in results["rows"]] == expected == [r["method"] for r in results["means"]]
+    sft, *trained = results["rows"]
+    assert sft["accuracy"] > 0.05  # an untrained model scores 0: SFT learned the task
+    assert results["pairs"][0] > 0
+    for row in trained:
+        assert 0 <= row["accuracy"] <= 1 and 0 <= row["win_rate_vs_sft"] <= 100
+        assert row["change_points"] == pytest.approx(100 * (row["accuracy"] - sft["accuracy"]))
+    report = (output / "report.md").read_text()
+    assert report.count("| sft | ") == 2 and f"| {CONTROL} (control) | mean |" in report
+    assert all(f"| {name} | 0 | " in report and f"| {name} | mean | " in report for name in methods)
+    assert json.loads((output / "results.json").read_text())["rows"] == results["rows"]
+    weights = {name: (output / "seed0" / name / "model.safetensors").stat().st_mtime_ns for name in expected}
+    (output / "seed0/eval/.done.json").unlink()  # the judged rows are recomputed from the stages' outputs
+    again = run_demo(str(output), seeds=(0,), num_pair_prompts=200, eval_examples=100)
+    assert again["rows"] == results["rows"]
+    assert weights == {name: (output / "seed0" / name / "model.safetensors").stat().st_mtime_ns for name in expected}
+    with pytest.raises(UsageError, match="other settings"):
+        run_demo(str(output), seeds=(0,), num_pair_prompts=300, eval_examples=100)
 
 
 def test_rpo_demo_compares_every_variant_from_one_sft_model(tmp_path):
