@@ -51,12 +51,6 @@ def cached_completions(cache: ResumableJsonl, prompts: list) -> dict[int, list[C
             for index, record in found.items() if record is not None}
 
 
-def load_cached(cache_path: str | os.PathLike, prompts: list, params: SamplingParams,
-                model_id: str) -> dict[int, list[Completion]]:
-    """index -> completions for the prompts the cache at `cache_path` already holds under this config."""
-    return cached_completions(open_cache(cache_path, params, model_id), prompts)
-
-
 def generate_cached(generator: Generator, prompts: list, params: SamplingParams, cache_path: str | os.PathLike,
                     model_id: str | None = None, chunk_size: int = 64) -> list[list[Completion]]:
     """`generator.generate(prompts, params)`, streamed to and resumed from `cache_path`.

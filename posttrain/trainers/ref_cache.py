@@ -107,8 +107,8 @@ def with_logps_columns(dataset, logps: dict, prefix: str):
 
 class SequenceLogpsCacheMixin:
     """Mix in before `trl.DPOTrainer` (through posttrain's `DPOTrainer`): frozen-model log-probs for the trainer's
-    `sequences`, from the persistent cache or from one pass over the data. Needs `self.sequences` and a
-    `SequenceCollator` as `self.data_collator`."""
+    `sequences`, from the persistent cache or from one pass over the data. Needs `self.sequences`, a
+    `SequenceCollator` as `self.data_collator` and `self.frozen_logps(model, batch, peft_model)` (`DPOTrainer`)."""
 
     reference_forward_batches = 0  # batches that went through a frozen-model forward (0 on cache hits)
 
@@ -209,7 +209,8 @@ class SequenceLogpsCacheMixin:
         scorer, peft_model = self._reference_scorer() if model is None else (model, None)
         names = [s.name for s in self.sequences]
         parts: dict[str, list] = {name: [] for name in names}
-        for batch in tqdm(loader, desc=f"frozen log-probs ({split})", disable=not self.accelerator.is_local_main_process):
+        quiet = not self.accelerator.is_local_main_process
+        for batch in tqdm(loader, desc=f"frozen log-probs ({split})", disable=quiet):
             logps = self.frozen_logps(scorer, batch, peft_model)
             for name, values in zip(names, self.accelerator.gather_for_metrics([logps[n] for n in names])):
                 parts[name].append(values.float().cpu())
