@@ -1,4 +1,4 @@
-"""Proving-ground evidence for RPO (METHODS.md §1): DPO vs RPO (sum, mean, token) vs an SFT-on-chosen control.
+"""Proving-ground evidence for RPO (docs/methods.md §1): DPO vs RPO (sum, mean, token) vs an SFT-on-chosen control.
 
 Per seed, from one SFT checkpoint and one set of on-policy pairs (the `posttrain demo` stages, `posttrain.demo`),
 every variant is trained with the same data, optimiser and schedule. Recorded over training: the chosen log-prob (from
