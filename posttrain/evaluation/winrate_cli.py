@@ -53,6 +53,8 @@ def read_compact_annotations(path: str) -> dict | None:
         data = json.loads(file.read_text(encoding="utf-8"))
     except json.JSONDecodeError as err:
         raise UsageError(f"annotations file {path!r} is not valid JSON ({err.msg}, line {err.lineno})") from None
+    if not isinstance(data, dict) or not isinstance(data.get("preference"), list):
+        return None  # not the compact form: read as AlpacaEval's list of annotation objects (with its errors)
     columns = [data.get(key) for key in COMPACT_KEYS]
     if not all(isinstance(c, list) for c in columns) or len({len(c) for c in columns}) != 1:
         raise UsageError(f"annotations file {path!r} is an object: it must hold lists {', '.join(COMPACT_KEYS)} of "

@@ -124,14 +124,16 @@ def test_llm_judge_annotations_resume_without_rejudging(tiny_model_dir, tmp_path
 
     cache.write_text("\n".join(first[:3]) + "\n")  # killed after judging 3
     (tmp_path / "out" / "annotations.json").unlink()
-    assert run(args) == pytest.approx(metrics)
+    # The 3 re-judged examples form a batch of 3, not 6: other padding and matrix shapes move float32 log-probs by
+    # ~1e-7, so the metrics agree to a few parts per million, not to the last bit (seen: 2.8e-6 relative).
+    assert run(args) == pytest.approx(metrics, rel=1e-5)
     lines = cache_lines(cache)
     assert lines[:3] == first[:3] and len(lines) == N  # only the 3 missing ones were judged again
     assert [a["preference"] for a in read(tmp_path / "out" / "annotations.json")] == pytest.approx(
         [a["preference"] for a in annotations])
 
     shutil.rmtree(judge_dir)  # all judged: no judge model needed
-    assert run(args) == pytest.approx(metrics) and cache_lines(cache) == lines
+    assert run(args) == pytest.approx(metrics, rel=1e-5) and cache_lines(cache) == lines
 
 
 def test_reward_model_judge_end_to_end(tiny_model_dir, tmp_path):
