@@ -80,8 +80,12 @@ class DPOTrainer(SequenceLogpsCacheMixin, trl.DPOTrainer):
                                  f"{', '.join(unsupported)}")
             self.engine_loss = not unsupported
         if data_collator is None and processing_class is not None and args is not None:
-            data_collator = SequenceCollator(_pad_token_id(processing_class, args), self.sequences, args.max_length,
-                                             args.truncation_mode, args.pad_to_multiple_of)
+            pad_token_id = _pad_token_id(processing_class, args)
+            data_collator = SequenceCollator(pad_token_id, self.sequences, args.max_length, args.truncation_mode,
+                                             args.pad_to_multiple_of)
+            if not isinstance(model, str):  # as TRL does: the model agrees with the tokenizer on the pad token
+                model.config.get_text_config().pad_token_id = pad_token_id
+                model.generation_config.pad_token_id = pad_token_id
         super().__init__(model, ref_model, args, data_collator, train_dataset, eval_dataset, processing_class,
                          **kwargs)
 
