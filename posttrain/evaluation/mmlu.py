@@ -323,7 +323,7 @@ def check_resumable(output_dir: Path, settings: dict) -> None:
     atomic_write_json(path, settings)
 
 
-def evaluate_mmlu(model: str, data: str = HUB_ID, num_fewshot: int = 5, subjects: Iterable[str] | None = None,
+def evaluate_mmlu(model: str, data: str = HUB_ID, num_fewshot: int = 0, subjects: Iterable[str] | None = None,
                   limit: int | None = None, backend: str = "auto", output_dir: str | os.PathLike | None = None,
                   apply_chat_template: bool = False, fewshot_as_multiturn: bool = True, batch_size: int = 32,
                   max_length: int | None = None, dtype: str = "auto", revision: str | None = None,
