@@ -128,13 +128,11 @@ class SequenceLogpsCacheMixin:
         model must already be placed for scoring (`load_scoring_model`). All processes must call this together.
         """
         batch_size = batch_size or self.args.precompute_ref_batch_size or self.args.per_device_train_batch_size
-        fingerprint = self._reference_fingerprint() if model is None else model_fingerprint(model)
-        key = self._broadcast(cache_key(fingerprint, dataset, self.sequences, self.args))
-        cache_dir = getattr(self.args, "ref_logps_cache_dir", None)
-        path = Path(cache_dir) / f"{key}.safetensors" if cache_dir else None
+        path = self._cache_path(dataset, model)
         # Rank 0 reads and sends: other nodes may not share the cache's file system.
-        loaded = self._broadcast(load_logps(path) if path and self.accelerator.is_main_process and path.exists()
-                                 else None)
+        loaded = None
+        if path is not None:
+            loaded = self._broadcast(load_logps(path) if self.accelerator.is_main_process and path.exists() else None)
         what = f"{prefix} log-probs for {split} ({len(dataset)} rows, {len(self.sequences)} sequences each)"
         if loaded is not None and all(len(v) == len(dataset) for v in loaded.values()):
             self.accelerator.print(f"posttrain: {what} loaded from cache {path}; no forward pass")
@@ -147,6 +145,16 @@ class SequenceLogpsCacheMixin:
             self.accelerator.print(f"posttrain: {what} computed and cached at {path}")
             self.accelerator.wait_for_everyone()
         return with_logps_columns(dataset, logps, prefix)
+
+    def _cache_path(self, dataset, model=None) -> Path | None:
+        """The cache file of `model`'s (None: the reference's) log-probs over `dataset`, or None without a disk
+        cache (then no fingerprint is computed: hashing a large model's weights is not free)."""
+        cache_dir = getattr(self.args, "ref_logps_cache_dir", None)
+        if not cache_dir:
+            return None
+        fingerprint = self._reference_fingerprint() if model is None else model_fingerprint(model)
+        key = self._broadcast(cache_key(fingerprint, dataset, self.sequences, self.args))
+        return Path(cache_dir) / f"{key}.safetensors"
 
     def load_scoring_model(self, path: str):
         """A saved model (e.g. the previous iterate), loaded once and placed for frozen scoring on every process

@@ -27,8 +27,9 @@ class SixWayTrainer(DPOTrainer):
 
 
 def _trainer(model_dir, tmp_path, trainer_class=DPOTrainer, **config):
+    config = {"ref_logps_cache_dir": str(tmp_path / "cache"), **config}
     args = DPOConfig(output_dir=str(tmp_path / "out"), per_device_train_batch_size=4, max_length=64, seed=0,
-                     ref_logps_cache_dir=str(tmp_path / "cache"), **CPU_SETTINGS, **config)
+                     **CPU_SETTINGS, **config)
     data = load_any_dataset("pg:sort8/preference", "train", num_examples=ROWS)
     return trainer_class(model=load_causal_lm(str(model_dir)), args=args, train_dataset=data,
                          processing_class=load_tokenizer(str(model_dir)))
@@ -122,3 +123,16 @@ def test_trl_only_variants_fall_back_to_trls_loss_on_the_engines_batches(tiny_mo
         with torch.no_grad():
             losses.append(trainer.compute_loss(trainer.model, batch).item())
     assert losses[0] == pytest.approx(losses[1], abs=1e-5)
+
+
+def test_without_a_disk_cache_the_reference_is_scored_and_nothing_is_written(tiny_model_dir, tmp_path, monkeypatch):
+    """`ref_logps_cache_dir: ""` turns the disk cache off: the columns come from a forward, no file, no key (which
+    would hash the weights and the data)."""
+    from posttrain.trainers import ref_cache
+
+    monkeypatch.setattr(ref_cache, "cache_key", lambda *a, **k: pytest.fail("computed a cache key"))
+    trainer = _trainer(tiny_model_dir, tmp_path, ref_logps_cache_dir="")
+    assert trainer.reference_forward_batches == ROWS // 4 and not (tmp_path / "cache").exists()
+    monkeypatch.undo()
+    cached = _trainer(tiny_model_dir, tmp_path / "with-cache")
+    assert trainer.train_dataset["ref_chosen_logps"] == cached.train_dataset["ref_chosen_logps"]
