@@ -47,10 +47,11 @@ def read_compact_annotations(path: str) -> dict | None:
     """AlpacaEval annotations in compact column form, {"preference": [...], "output_1_length": [...],
     "output_2_length": [...], "generator_2": name} (as in tests/fixtures/alpaca_eval), or None for another form."""
     file = Path(path).expanduser()
-    if not file.is_file() or not file.read_text(encoding="utf-8").lstrip().startswith("{"):
+    text = file.read_text(encoding="utf-8") if file.is_file() else ""
+    if not text.lstrip().startswith("{"):
         return None
     try:
-        data = json.loads(file.read_text(encoding="utf-8"))
+        data = json.loads(text)
     except json.JSONDecodeError as err:
         raise UsageError(f"annotations file {path!r} is not valid JSON ({err.msg}, line {err.lineno})") from None
     if not isinstance(data, dict) or not isinstance(data.get("preference"), list):
