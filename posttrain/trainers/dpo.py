@@ -160,9 +160,10 @@ class DPOTrainer(SequenceLogpsCacheMixin, trl.DPOTrainer):
         mask = inputs["completion_mask"][:, 1:].float()
         outputs, length = policy.outputs, mask.size(1)
         metrics["entropy"].append(token_mean(outputs.entropy[:, -length:].detach(), mask))
-        rows = len(policy.logps["chosen"])
-        chosen = slice(self.sequence_names.index("chosen") * rows, (self.sequence_names.index("chosen") + 1) * rows)
-        metrics["mean_token_accuracy"].append(token_mean(outputs.is_top1[chosen, -length:].float(), mask[chosen]))
+        rows, block = len(policy.logps["chosen"]), self.sequence_names.index("chosen")
+        chosen_rows = slice(block * rows, (block + 1) * rows)  # the chosen block of the [name_0; name_1; ...] batch
+        metrics["mean_token_accuracy"].append(token_mean(outputs.is_top1[chosen_rows, -length:].float(),
+                                                         mask[chosen_rows]))
         if mode == "train":
             tokens = self.accelerator.gather_for_metrics(inputs["attention_mask"].sum().reshape(1)).sum().item()
             self._total_train_tokens += tokens // self._tp_size
