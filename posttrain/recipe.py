@@ -44,8 +44,15 @@ class RunArguments:
         default=False, metadata={"help": "Resume a checkpoint saved under another topology (e.g. ZeRO-3 on N "
                                          "processes, resumed without DeepSpeed) from its weights, step and schedule "
                                          "with a fresh optimizer state."})
+    continue_with_changes: bool = field(
+        default=False, metadata={"help": "Resume a run although settings that affect training changed since its "
+                                         "checkpoint; both settings are recorded with the step range each covered."})
+    verbose: bool = field(
+        default=False, metadata={"help": "Show every library log line, warning and progress bar (default: one "
+                                         "progress bar per phase and a compact metric line per logging step)."})
     eval_task: str | None = field(
-        default=None, metadata={"help": "Proving-ground task whose judge scores the trained model (e.g. sort8)."})
+        default=None, metadata={"help": "Proving-ground task whose judge scores the trained model (e.g. sort8); "
+                                        "none or null: no post-training eval."})
     eval_num_examples: int = field(default=200, metadata={"help": "Held-out prompts for the post-training eval."})
     eval_baseline_model: str | None = field(
         default=None, metadata={"help": "Model to compute the rule-judge win rate against (e.g. the SFT run)."})
