@@ -16,6 +16,25 @@ def _methods(_args) -> None:
         print(f"{method.name:8s} {method.dataset_kind:11s} {method.summary}")
 
 
+def _recipe(args) -> None:
+    from posttrain.recipe_help import method_keys, starter_recipe, write_new_file
+    from posttrain.registry import METHODS, get_method
+
+    if args.method is None:
+        raise UsageError(f"posttrain recipe needs a method: one of {', '.join(METHODS)} (e.g. posttrain recipe dpo)")
+    method = get_method(args.method)
+    if args.output and not args.template:
+        raise UsageError("--output writes the starter recipe; add --template")
+    if not args.template:
+        print(method_keys(method))
+    elif args.output:
+        write_new_file(args.output, starter_recipe(method))
+        print(f"starter recipe written to {args.output}; fill in its required keys, then: "
+              f"posttrain train --config {args.output}")
+    else:
+        print(starter_recipe(method), end="")
+
+
 def _tiny_model(args) -> None:
     from posttrain.data import tokenizer_corpus
     from posttrain.models import make_tiny_model
@@ -72,6 +91,12 @@ def build_parser() -> argparse.ArgumentParser:
     commands.add_parser("export", add_help=False, help="plain HF checkpoint from a LoRA run (--merge-lora) or a "
                         "DeepSpeed ZeRO checkpoint: posttrain export <run-or-checkpoint> --output <dir>")
     commands.add_parser("methods", help="list registered methods").set_defaults(func=_methods)
+    recipe = commands.add_parser("recipe", help="every recipe key of a method with its default and help; "
+                                                "--template: a commented starter recipe")
+    recipe.add_argument("method", nargs="?", help="a registered method (posttrain methods)")
+    recipe.add_argument("--template", action="store_true", help="print (or write) a commented starter recipe")
+    recipe.add_argument("--output", help="with --template: write it to this new file (never overwritten)")
+    recipe.set_defaults(func=_recipe)
     tiny = commands.add_parser("tiny-model", help="build a tiny offline model and tokenizer")
     tiny.add_argument("--output", required=True)
     tiny.add_argument("--family", default="llama", choices=["llama", "qwen2"])

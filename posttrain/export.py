@@ -21,7 +21,7 @@ import shutil
 from pathlib import Path
 
 from posttrain.errors import OneLineArgumentParser, UsageError
-from posttrain.io import remove_path, replace_dir
+from posttrain.io import remove_path, replace_dir, restore_umask_modes
 
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 FULL_WEIGHTS = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
@@ -189,6 +189,7 @@ def export(source: str | os.PathLike, output: str | os.PathLike, merge_lora_adap
         else:
             convert_zero(source, staging, dtype, trust_remote_code)
             tokenizer_from = _save_tokenizer([str(source)], staging, trust_remote_code)
+        restore_umask_modes(staging)  # safetensors writes the weights 0600
         replace_dir(staging, output)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)

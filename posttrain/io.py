@@ -6,20 +6,66 @@ import json
 import os
 import shutil
 import tempfile
+import threading
 from collections.abc import Callable, Hashable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
 from posttrain.errors import UsageError
 
+_UMASK_LOCK = threading.Lock()
+
+
+def current_umask() -> int:
+    """The process umask, read without changing it where the OS allows (Linux's /proc), else set and put back."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except OSError:
+        pass
+    with _UMASK_LOCK:
+        mask = os.umask(0o077)
+        os.umask(mask)
+    return mask
+
+
+def umask_mode() -> int:
+    """The mode `open()` gives a new file: 0o666 less the umask (0o644 under umask 022)."""
+    return 0o666 & ~current_umask()
+
+
+def restore_umask_modes(path: str | os.PathLike) -> None:
+    """Give the file `path`, or every file under the folder `path`, the mode `open()` would have given it. Libraries
+    that write through a private temporary file (safetensors, our atomic writes) leave 0600 otherwise."""
+    path, mode = Path(path), umask_mode()
+    for file in [path] if path.is_file() else (p for p in path.rglob("*") if p.is_file() and not p.is_symlink()):
+        if file.stat().st_mode & 0o777 != mode:
+            file.chmod(mode)
+
+
+def file_modes_callback():
+    """A TrainerCallback that restores umask modes on each checkpoint the Trainer saves (each node's main process)."""
+    from transformers import TrainerCallback
+    from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+
+    class RestoreFileModes(TrainerCallback):
+        def on_save(self, args, state, control, **kwargs):
+            checkpoint = Path(args.output_dir) / f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}"
+            if state.is_local_process_zero and checkpoint.is_dir():
+                restore_umask_modes(checkpoint)
+
+    return RestoreFileModes()
+
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    """Write `data` to a temporary file beside `path`, fsync it, then rename it over `path`."""
+    """Write `data` to a temporary file beside `path`, fsync it, then rename it over `path` (mode as the umask says)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as handle:
+            os.fchmod(handle.fileno(), umask_mode())  # mkstemp creates 0600 whatever the umask
             handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())

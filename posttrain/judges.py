@@ -190,18 +190,26 @@ def annotation_key(judge_config: dict, instruction: str, reference: str, output:
 
 def annotate_cached(judge: PairwiseJudge, instructions: Sequence[str], references: Sequence[str],
                     outputs: Sequence[str], cache: str | os.PathLike, judge_config: dict,
-                    answers: Sequence[str | None] | None = None, batch_size: int = 32) -> list[dict]:
+                    answers: Sequence[str | None] | None = None, batch_size: int = 32,
+                    progress: str | None = None) -> list[dict]:
     """`judge.annotate`, resumable: examples already in the `cache` JSON lines under this `judge_config` are not
     judged again, and each batch is appended as it is judged. Returns {key, preference, swapped, raw} per example.
-    A batch gets gold `answers` only where every example in it has one."""
+    A batch gets gold `answers` only where every example in it has one. With `progress` (a label), says how many
+    annotations the cache served and draws a bar for the rest."""
+    from tqdm.auto import tqdm
+
     keys = [annotation_key(judge_config, i, r, o) for i, r, o in zip(instructions, references, outputs, strict=True)]
     store = ResumableJsonl(cache, key=lambda record: record["key"])
     todo = [i for i, key in enumerate(keys) if key not in store.done]
-    for start in range(0, len(todo), batch_size):
-        batch = todo[start:start + batch_size]
-        gold = None if answers is None else [answers[i] for i in batch]
-        found = judge.annotate([instructions[i] for i in batch], [references[i] for i in batch],
-                               [outputs[i] for i in batch], None if gold is None or None in gold else gold)
-        store.extend({"key": keys[i], "preference": a.preference, "swapped": a.swapped, "raw": a.raw}
-                     for i, a in zip(batch, found))
+    if progress and len(todo) < len(keys):
+        print(f"{progress}: reused {len(keys) - len(todo)} cached annotations from {cache}", flush=True)
+    with tqdm(total=len(todo), desc=progress, disable=progress is None or not todo) as bar:
+        for start in range(0, len(todo), batch_size):
+            batch = todo[start:start + batch_size]
+            gold = None if answers is None else [answers[i] for i in batch]
+            found = judge.annotate([instructions[i] for i in batch], [references[i] for i in batch],
+                                   [outputs[i] for i in batch], None if gold is None or None in gold else gold)
+            store.extend({"key": keys[i], "preference": a.preference, "swapped": a.swapped, "raw": a.raw}
+                         for i, a in zip(batch, found))
+            bar.update(len(batch))
     return [store.done[key] for key in keys]

@@ -106,7 +106,7 @@ def build_tiny_model(
 def make_tiny_model(output_dir: str | os.PathLike, corpus: Iterable[str], family: str = "llama", seed: int = 0,
                     **model_kwargs) -> Path:
     """Train the tokenizer, build the model and save both with `save_pretrained` under `output_dir`."""
-    from posttrain.io import atomic_write_text, remove_path, replace_dir
+    from posttrain.io import atomic_write_text, remove_path, replace_dir, restore_umask_modes
 
     output_dir = Path(output_dir)
     tokenizer = build_tiny_tokenizer(corpus)
@@ -117,20 +117,25 @@ def make_tiny_model(output_dir: str | os.PathLike, corpus: Iterable[str], family
     tokenizer.save_pretrained(staging)
     atomic_write_text(staging / "TINY_MODEL.md", f"Tiny {family} model built from config, seed {seed}, "
                       f"{model.num_parameters():,} parameters. Random init; for tests and the proving ground.\n")
+    restore_umask_modes(staging)
     replace_dir(staging, output_dir)
     return output_dir
 
 
-def _check_local_or_hub(name_or_path: str) -> None:
+def check_model_path(name_or_path: str, key: str = "model") -> None:
+    """A name that looks local (./, /, ~, or more than one '/') must exist; anything else may be a hub id."""
     looks_local = name_or_path.startswith((".", "/", "~")) or name_or_path.count("/") > 1
     if looks_local and not Path(name_or_path).expanduser().exists():
-        raise UsageError(f"model path {name_or_path!r} does not exist; pass an existing model folder or a hub id")
+        raise UsageError(f"{key} path {name_or_path!r} does not exist; pass an existing model folder or a hub id")
+
+
+_check_local_or_hub = check_model_path  # the name posttrain.judges imports
 
 
 def load_tokenizer(name_or_path: str, revision: str | None = None, trust_remote_code: bool = False):
     from transformers import AutoTokenizer
 
-    _check_local_or_hub(name_or_path)
+    check_model_path(name_or_path)
     try:
         tokenizer = AutoTokenizer.from_pretrained(name_or_path, revision=revision, trust_remote_code=trust_remote_code)
     except OSError as err:
@@ -144,7 +149,7 @@ def load_causal_lm(name_or_path: str, revision: str | None = None, trust_remote_
                    dtype: str | None = None, attn_implementation: str | None = None, **extra):
     from transformers import AutoModelForCausalLM
 
-    _check_local_or_hub(name_or_path)
+    check_model_path(name_or_path)
     kwargs = {"revision": revision, "trust_remote_code": trust_remote_code, **extra}
     if dtype not in (None, "auto"):
         kwargs["dtype"] = dtype

@@ -19,6 +19,7 @@ from typing import Any, Literal
 
 import yaml
 
+from posttrain.data.loading import not_utf8
 from posttrain.errors import UsageError
 from posttrain.registry import Method, closest, get_method
 
@@ -59,6 +60,8 @@ class RunArguments:
 
 
 REQUIRED_KEYS = ("method", "model_name_or_path", "dataset_name", "output_dir")
+PLACEHOLDER = "<fill in>"  # the value `posttrain recipe M --template` gives each required key
+EVAL_OFF = ("", "none", "null")  # eval_task values that turn the post-training eval off
 _SECRET_KEY = re.compile(r"(^|_)(hub_token|hf_token|token|api_key|secret|password)$")
 _SECRET_VALUE = re.compile(r"\b(hf_[A-Za-z0-9]{20,}|sk-[A-Za-z0-9_-]{20,})\b")
 
@@ -148,12 +151,16 @@ def _check_value_types(values: dict[str, Any], field_types: dict[str, Any], sour
                              f"{type(value).__name__} {value!r}")
 
 
-def _read_yaml(path: str) -> dict[str, Any]:
+def read_recipe_file(path: str) -> dict[str, Any]:
     file = Path(path)
+    if file.is_dir():
+        raise UsageError(f"--config {path!r} is a folder; pass a recipe YAML file")
     if not file.is_file():
         raise UsageError(f"recipe file {path!r} not found; pass an existing YAML file to --config")
     try:
         data = yaml.safe_load(file.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as err:
+        raise UsageError(not_utf8("recipe", path, err.start, err.object[err.start])) from None
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark else ""
@@ -165,7 +172,7 @@ def _read_yaml(path: str) -> dict[str, Any]:
     return data
 
 
-def _split_config_flag(argv: list[str]) -> tuple[str | None, list[str]]:
+def split_config_flag(argv: list[str]) -> tuple[str | None, list[str]]:
     argv = list(argv)
     for index, token in enumerate(argv):
         if token == "--config":
@@ -177,7 +184,7 @@ def _split_config_flag(argv: list[str]) -> tuple[str | None, list[str]]:
     return None, argv
 
 
-def _cli_value(argv: list[str], key: str) -> str | None:
+def cli_value(argv: list[str], key: str) -> str | None:
     for index, token in enumerate(argv):
         if token == f"--{key}" and index + 1 < len(argv):
             return argv[index + 1]
@@ -200,13 +207,13 @@ def parse_recipe(argv: list[str]) -> Recipe:
     """Parse `--config recipe.yaml [--key value ...]` into the method's dataclasses."""
     from trl import ModelConfig
 
-    config_path, cli = _split_config_flag(argv)
-    values = _read_yaml(config_path) if config_path else {}
+    config_path, cli = split_config_flag(argv)
+    values = read_recipe_file(config_path) if config_path else {}
     source = f"recipe {config_path!r}" if config_path else "command line"
     env = values.pop("env", {}) or {}
     if not isinstance(env, dict):
         raise UsageError(f"{source}: 'env' must be a mapping of variable: value")
-    method_name = _cli_value(cli, "method") or values.get("method")
+    method_name = cli_value(cli, "method") or values.get("method")
     if not method_name:
         raise UsageError(f"{source} has no 'method' key; add e.g. 'method: sft' (see `posttrain methods`)")
     method = get_method(str(method_name))
@@ -224,6 +231,10 @@ def parse_recipe(argv: list[str]) -> Recipe:
     missing = [k for k in REQUIRED_KEYS if k not in cli_keys and values.get(k) in (None, "")]
     if missing:
         raise UsageError(f"{source} is missing required key(s): {', '.join(missing)}")
+    unfilled = [k for k, v in values.items() if v == PLACEHOLDER and k not in cli_keys]
+    if unfilled:
+        raise UsageError(f"{source}: replace the template placeholder {PLACEHOLDER!r} of {', '.join(unfilled)} "
+                         f"with real values")
     parser = _make_parser(classes, source)
     parser.set_defaults_with_config(**values)
     try:
@@ -234,9 +245,31 @@ def parse_recipe(argv: list[str]) -> Recipe:
         flag = next((u for u in unknown if u.startswith("--")), unknown[0])
         key = flag.lstrip("-").split("=")[0]
         raise UsageError(f"unknown command-line option {flag!r}{closest(key, field_types)}")
+    _settle_eval_task(run)
+    _settle_lora_targets(model)
     given = {key: getattr(part, key) for key in [*values, *cli_keys]
              for part in (run, training, model) if hasattr(part, key) and key in field_types}
     return Recipe(method=method, run=run, training=training, model=model, given=given)
+
+
+def _settle_eval_task(run: RunArguments) -> None:
+    """`none`, `null` or '' turn the post-training eval off; any other name must be a proving-ground task."""
+    from posttrain.data.tasks import TASKS
+
+    if run.eval_task is None or run.eval_task.strip().lower() in EVAL_OFF:
+        run.eval_task = None
+    elif run.eval_task not in TASKS:
+        raise UsageError(f"unknown eval_task {run.eval_task!r}{closest(run.eval_task, TASKS)} (tasks: "
+                         f"{', '.join(TASKS)}; none turns the post-training eval off)")
+
+
+def _settle_lora_targets(model) -> None:
+    """TRL turns a one-name list into a bare string, which PEFT reads as a regex matched against full module names,
+    so `--lora_target_modules q_proj` alone matched nothing. Keep a single plain name a list (suffix match);
+    'all-linear' and regex strings stay strings."""
+    target = model.lora_target_modules
+    if isinstance(target, str) and target != "all-linear" and re.fullmatch(r"[\w.]+", target):
+        model.lora_target_modules = [target]
 
 
 def _cli_keys(argv: list[str]) -> list[str]:

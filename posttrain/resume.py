@@ -123,3 +123,104 @@ def restore_schedule_callback(checkpoint: str):
                     lr_scheduler.step()
 
     return RestoreSchedule()
+
+
+_WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "adapter_model.safetensors")
+
+
+def _checkpoint_problem(checkpoint: Path) -> str | None:
+    """What makes `checkpoint` unloadable (a missing or garbled state file, truncated weights or optimizer), else
+    None. Reads only headers and zip directories, not the tensors."""
+    import zipfile
+
+    from safetensors import safe_open
+
+    try:
+        step = json.loads((checkpoint / "trainer_state.json").read_text(encoding="utf-8"))["global_step"]
+        if not isinstance(step, int):
+            return "trainer_state.json has no step"
+    except FileNotFoundError:
+        return "trainer_state.json is missing"
+    except (ValueError, KeyError, TypeError):
+        return "trainer_state.json is not readable JSON with a global_step"
+    for weights in (checkpoint / name for name in _WEIGHT_FILES if name.endswith(".safetensors")):
+        if weights.is_file():
+            try:
+                with safe_open(str(weights), "pt") as handle:  # checks the header against the file's length
+                    handle.keys()
+            except Exception as err:  # safetensors raises its own error types for every kind of damage
+                return f"{weights.name} is truncated or damaged ({str(err).splitlines()[0][:80]})"
+    for state in [*checkpoint.glob("*.pt"), *checkpoint.glob("*.pth")]:
+        if not zipfile.is_zipfile(state):  # torch.save writes a zip; a cut file loses its central directory
+            return f"{state.name} is truncated or damaged"
+    return None
+
+
+def check_checkpoint_intact(checkpoint: str) -> int:
+    """The checkpoint's step, or a one-line UsageError naming what is damaged and how to go on (nothing is
+    deleted: the user decides)."""
+    problem = _checkpoint_problem(Path(checkpoint))
+    if problem:
+        raise UsageError(f"checkpoint {checkpoint} cannot be resumed: {problem}; delete that folder to resume from "
+                         f"the previous checkpoint, or pass --auto_resume false to start the run over")
+    return json.loads((Path(checkpoint) / "trainer_state.json").read_text(encoding="utf-8"))["global_step"]
+
+
+def restore_token_count(trainer, checkpoint: str) -> None:
+    """TRL's trainers count `num_tokens` from zero in every `train()` call; continue the count the checkpoint logged,
+    so the logged total covers the whole run."""
+    history = json.loads((Path(checkpoint) / "trainer_state.json").read_text(encoding="utf-8")).get("log_history", [])
+    counts = [entry["num_tokens"] for entry in history if "num_tokens" in entry]
+    if counts and hasattr(trainer, "_total_train_tokens"):
+        trainer._total_train_tokens = counts[-1]
+
+
+class TiedWeightsNotMissing:
+    """A logging filter for transformers' trainer logger: on resume it reports a model's tied output weights (e.g.
+    `lm_head.weight`, which shares the embedding and is not saved on its own) as "missing keys". Drops exactly that
+    message when every key it names is tied; any other missing key is still reported."""
+
+    def __init__(self, model):
+        self.tied = set(getattr(model, "all_tied_weights_keys", None) or {})
+
+    def filter(self, record) -> bool:
+        import ast
+
+        message = record.getMessage()
+        if not message.startswith("There were missing keys in the checkpoint model loaded: "):
+            return True
+        try:
+            keys = ast.literal_eval(message.split(": ", 1)[1].rstrip("."))
+        except (ValueError, SyntaxError):
+            return True
+        return not (keys and set(keys) <= self.tied)
+
+
+def apply_changed_settings_callback():
+    """Resuming restores the optimizer's hyperparameters and the schedule's base learning rate from the checkpoint;
+    with `continue_with_changes` the run's new values must apply from the next step on. Sets them after the
+    checkpoint is loaded (the schedule's shape already follows the new settings)."""
+    import warnings
+
+    from transformers import Trainer, TrainerCallback
+
+    class ApplyChangedSettings(TrainerCallback):
+        def on_train_begin(self, args, state, control, model=None, optimizer=None, lr_scheduler=None, **kwargs):
+            if optimizer is None or lr_scheduler is None:
+                return
+            _, new = Trainer.get_optimizer_cls_and_kwargs(args, model)
+            schedule = getattr(lr_scheduler, "scheduler", lr_scheduler)  # accelerate wraps it
+            for group in optimizer.param_groups:
+                group.update({k: v for k, v in new.items() if k in group and k != "lr"})
+                if group.get("weight_decay"):  # the no-decay group (biases, norms) keeps 0
+                    group["weight_decay"] = args.weight_decay
+                group["initial_lr"] = args.learning_rate
+            schedule.base_lrs = [args.learning_rate] * len(optimizer.param_groups)
+            with warnings.catch_warnings():  # get_lr() outside step() warns; it is the closed form here
+                warnings.simplefilter("ignore")
+                lrs = schedule.get_lr()
+            for group, lr in zip(optimizer.param_groups, lrs):
+                group["lr"] = lr
+            schedule._last_lr = list(lrs)
+
+    return ApplyChangedSettings()

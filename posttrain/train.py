@@ -6,21 +6,37 @@ Launch with `posttrain train --config recipe.yaml` or `accelerate launch scripts
 from __future__ import annotations
 
 import logging
+import os
 from contextlib import contextmanager
 from pathlib import Path
 
+from posttrain.console import print_summary, progress_options, quiet_libraries, use_console
 from posttrain.data import load_any_dataset, tokenizer_corpus, validate_columns
 from posttrain.errors import UsageError
+from posttrain.io import file_modes_callback, restore_umask_modes
 from posttrain.models import load_causal_lm, load_tokenizer, make_tiny_model
+from posttrain.preflight import check_data_format, preflight
 from posttrain.recipe import Recipe, parse_recipe
+from posttrain.recipe_help import train_help, wants_help
 from posttrain.resume import (
+    TiedWeightsNotMissing,
+    apply_changed_settings_callback,
     batch_change_note,
+    check_checkpoint_intact,
     check_resume,
     current_topology,
     restore_schedule_callback,
+    restore_token_count,
     topology_callback,
 )
-from posttrain.runs import last_checkpoint, metrics_callback, prepare_run_dir
+from posttrain.runs import (
+    check_rerun,
+    last_checkpoint,
+    metrics_callback,
+    prepare_run_dir,
+    previous_settings,
+    record_settings_change,
+)
 
 logger = logging.getLogger("posttrain")
 
@@ -75,6 +91,14 @@ def _load_datasets(recipe: Recipe):
     return train, evaluation
 
 
+def _move_hub_token_to_environment(training) -> None:
+    """transformers pickles the training arguments into every checkpoint and model folder (training_args.bin) and
+    pushes that file to the hub, so a recipe's `hub_token` must not stay in them; huggingface_hub reads HF_TOKEN."""
+    if training.hub_token:
+        os.environ["HF_TOKEN"] = training.hub_token
+        training.hub_token = None
+
+
 def build_trainer(recipe: Recipe, callbacks: list | None = None):
     """The registered trainer for `recipe`, with model, tokenizer, data and run-directory logging wired in."""
     from accelerate import PartialState
@@ -82,19 +106,22 @@ def build_trainer(recipe: Recipe, callbacks: list | None = None):
 
     # cpu= matters under torchrun on CPU: without it every rank is a lone "main process" until the Trainer sets up.
     state = PartialState(cpu=bool(recipe.training.use_cpu))
-    run_dir = prepare_run_dir(recipe, state.is_main_process)
     _ensure_model(recipe, state)
     tokenizer = load_tokenizer(recipe.model.model_name_or_path, recipe.model.model_revision,
                                recipe.training.trust_remote_code)
     train, evaluation = _load_datasets(recipe)  # before the model: a data mistake fails fast
+    check_data_format(recipe, tokenizer, train, state.is_main_process)
+    run_dir = prepare_run_dir(recipe, state.is_main_process)  # after the data checks: a mistake writes nothing
+    _move_hub_token_to_environment(recipe.training)
     model = _load_model(recipe)
     trainer = recipe.method.trainer_class(
         model=model, args=recipe.training, train_dataset=train, eval_dataset=evaluation,
         processing_class=tokenizer, peft_config=get_peft_config(recipe.model),
-        callbacks=[metrics_callback(run_dir), *(callbacks or [])],
+        callbacks=[metrics_callback(run_dir), file_modes_callback(), *(callbacks or [])],
         **recipe.method.extra_trainer_kwargs(recipe, tokenizer, train, evaluation),
     )
     trainer.add_callback(topology_callback(current_topology(trainer.accelerator)))
+    use_console(trainer, recipe.method.report_metrics, recipe.run.verbose)
     return trainer
 
 
@@ -123,9 +150,9 @@ def _post_training_eval(recipe: Recipe, run_dir: Path, tokenizer) -> dict | None
     from posttrain.generation import TransformersGenerator
 
     with _outside_zero3():
-        model = TransformersGenerator(load_causal_lm(str(run_dir)), tokenizer)
-        baseline = TransformersGenerator(load_causal_lm(run.eval_baseline_model), tokenizer) \
-            if run.eval_baseline_model else None
+        model = TransformersGenerator(load_causal_lm(str(run_dir)), tokenizer, **progress_options("eval model"))
+        baseline = TransformersGenerator(load_causal_lm(run.eval_baseline_model), tokenizer,
+                                         **progress_options("eval baseline")) if run.eval_baseline_model else None
         return evaluate_task(model, run.eval_task, run.eval_num_examples, run.dataset_seed, baseline)
 
 
@@ -144,21 +171,67 @@ def _already_complete(recipe: Recipe, run_dir: Path) -> bool:
     return begin(run_dir, _training_length(recipe), rerun=not recipe.run.auto_resume) is not None
 
 
+def _checkpoint_to_resume(recipe: Recipe, run_dir: Path) -> str | None:
+    """The checkpoint this run resumes from (explicit, else the newest in run_dir), checked for damage."""
+    resume = recipe.training.resume_from_checkpoint
+    if resume is None and recipe.run.auto_resume:
+        resume = last_checkpoint(run_dir)
+    if resume:
+        check_checkpoint_intact(resume)
+    return resume
+
+
+def _settings_changes(recipe: Recipe, run_dir: Path, resume: str | None) -> dict:
+    """The training settings that differ from those the resumed (or finished) run trained with; a rerun that
+    changes them without `--continue_with_changes true` is refused (`posttrain.runs.check_rerun`)."""
+    old = previous_settings(run_dir, resume) if resume or recipe.run.auto_resume else None
+    return check_rerun(run_dir, old, recipe) if old is not None else {}
+
+
+def _record_settings_history(recipe: Recipe, run_dir: Path, resume: str | None, changes: dict) -> None:
+    from accelerate import PartialState
+
+    if PartialState(cpu=bool(recipe.training.use_cpu)).is_main_process:
+        old = previous_settings(run_dir, resume) if changes else None
+        record_settings_change(run_dir, old, changes, check_checkpoint_intact(resume) if resume else 0)
+
+
+@contextmanager
+def _tied_weights_not_missing(model):
+    """Silence transformers' false "missing lm_head.weight" on resuming a tied-embedding model (see the filter)."""
+    trainer_logger, quiet = logging.getLogger("transformers.trainer"), TiedWeightsNotMissing(model)
+    trainer_logger.addFilter(quiet)
+    try:
+        yield
+    finally:
+        trainer_logger.removeFilter(quiet)
+
+
 def train(recipe: Recipe, callbacks: list | None = None) -> Path:
-    """Run (or resume) the recipe's training; return the run directory."""
-    from posttrain.evaluation.report import write_report
+    """Run (or resume) the recipe's training; return the run directory. Libraries keep quiet unless `verbose`."""
+    with quiet_libraries(recipe.run.verbose):
+        return _train(recipe, callbacks)
+
+
+def _train(recipe: Recipe, callbacks: list | None) -> Path:
+    from posttrain.evaluation.report import run_setup, write_report
+    from posttrain.guards import StopOnNonFinite, stop_on_signal
     from posttrain.io import atomic_write_json
     from posttrain.pipeline import finish
 
     run_dir = Path(recipe.training.output_dir)
-    resume = recipe.training.resume_from_checkpoint
-    if resume is None and recipe.run.auto_resume:
-        resume = last_checkpoint(run_dir)
+    preflight(recipe)  # paths and LoRA targets, before any file is written or any weights load
+    resume = _checkpoint_to_resume(recipe, run_dir)
+    changes = _settings_changes(recipe, run_dir, resume)  # before any model loads or any file is rewritten
     if _already_complete(recipe, run_dir):
         print(f"posttrain: {run_dir} already finished; nothing to do (--auto_resume false starts over)")
         return run_dir
-    trainer = build_trainer(recipe, callbacks)
+    _record_settings_history(recipe, run_dir, resume, changes)
+    trainer = build_trainer(recipe, [*(callbacks or []), StopOnNonFinite()])
     if resume:
+        restore_token_count(trainer, resume)
+        if changes:
+            trainer.add_callback(apply_changed_settings_callback())
         if check_resume(resume, trainer.accelerator, recipe.run.reset_optimizer_on_resume):
             trainer.add_callback(restore_schedule_callback(resume))
             trainer.accelerator.print(f"posttrain: resuming weights, step and schedule from {resume} with a fresh "
@@ -167,9 +240,13 @@ def train(recipe: Recipe, callbacks: list | None = None) -> Path:
         if note:
             trainer.accelerator.print(note)
         trainer.accelerator.print(f"posttrain: resuming from {resume}")
-    result = trainer.train(resume_from_checkpoint=resume)
+    with stop_on_signal() as stopper, _tied_weights_not_missing(trainer.model):
+        trainer.add_callback(stopper)
+        result = trainer.train(resume_from_checkpoint=resume)
+    stopper.raise_if_stopped(run_dir, trainer.state.global_step)  # never save an interrupted run as final
     trainer.save_model(str(run_dir))
     if trainer.accelerator.is_main_process:
+        restore_umask_modes(run_dir)  # safetensors writes the weights 0600
         evaluation = _post_training_eval(recipe, run_dir, trainer.processing_class)
         summary = {"method": recipe.method.name, "model": recipe.model.model_name_or_path,
                    "dataset": recipe.run.dataset_name, "steps": trainer.state.global_step,
@@ -182,10 +259,11 @@ def train(recipe: Recipe, callbacks: list | None = None) -> Path:
             if "vs_baseline" in evaluation:
                 summary["win_rate_vs_baseline"] = evaluation["vs_baseline"]["win_rate"]
             sections.append(_eval_section(evaluation))
+        setup = run_setup(recipe.model, recipe.training, current_topology(trainer.accelerator))
         write_report(run_dir, f"{recipe.method.name} run: {run_dir.name}", summary, sections,
-                     recipe.method.report_metrics)
+                     recipe.method.report_metrics, setup)
         finish(run_dir, summary, _training_length(recipe))  # last: the run's outputs are all written
-        trainer.accelerator.print(f"posttrain: run directory {run_dir} (report.md written)")
+        print_summary(run_dir, trainer.state.global_step, result.metrics, evaluation)
     trainer.accelerator.wait_for_everyone()
     return run_dir
 
@@ -201,7 +279,10 @@ def _eval_section(evaluation: dict) -> str:
     return "\n".join(lines)
 
 
-def main(argv: list[str]) -> Path:
+def main(argv: list[str]) -> Path | None:
     if "--config" not in " ".join(argv) and not argv:
-        raise UsageError("usage: posttrain train --config <recipe.yaml> [--key value ...]")
+        raise UsageError("usage: posttrain train --config <recipe.yaml> [--key value ...] (posttrain train --help)")
+    if wants_help(argv):
+        print(train_help(argv))
+        return None
     return train(parse_recipe(argv))

@@ -29,7 +29,7 @@ CPU_SETTINGS = {"use_cpu": True, "bf16": False, "gradient_checkpointing": False,
 def pytest_collection_modifyitems(items):
     for item in items:
         tier = Path(item.fspath).parent.name
-        if tier in ("unit", "integration", "distributed", "e2e"):
+        if tier in ("unit", "integration", "distributed", "e2e", "bad_inputs"):
             item.add_marker(getattr(pytest.mark, tier))
 
 

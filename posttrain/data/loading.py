@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import codecs
 from pathlib import Path
 
 from posttrain.errors import UsageError
@@ -21,6 +22,56 @@ REQUIRED_COLUMNS: dict[str, tuple[str, ...]] = {
 ALTERNATIVE_COLUMNS = {"sft": [("messages",), ("text",)], "preference": [("chosen", "rejected")]}
 
 _FILE_BUILDERS = {".json": "json", ".jsonl": "json", ".csv": "csv", ".parquet": "parquet"}
+_TEXT_SUFFIXES = (".json", ".jsonl", ".csv")
+
+
+def not_utf8(what: str, path: str, offset: int, byte: int) -> str:
+    """The one-line message for a text file that is not valid UTF-8."""
+    return f"{what} {str(path)!r} is not UTF-8 text (byte {offset} is {byte:#04x}); re-save it with UTF-8 encoding"
+
+
+def first_non_utf8_byte(path: str | Path) -> tuple[int, int] | None:
+    """(offset, value) of the first byte that breaks UTF-8 decoding, or None; reads the file in 1 MiB chunks."""
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    fed = 0
+    with open(path, "rb") as handle:
+        for chunk in [*iter(lambda: handle.read(1 << 20), b""), b""]:
+            start = fed - len(decoder.getstate()[0])  # offset of the decoder's buffered bytes + this chunk
+            try:
+                decoder.decode(chunk, final=not chunk)
+            except UnicodeDecodeError as err:
+                return start + err.start, err.object[err.start]
+            fed += len(chunk)
+    return None
+
+
+def check_utf8(path: Path) -> None:
+    """JSON and CSV files must be UTF-8 (pyarrow reads some invalid bytes silently and fails on others)."""
+    files = sorted(path.rglob("*")) if path.is_dir() else [path]
+    for file in files:
+        bad = first_non_utf8_byte(file) if file.suffix in _TEXT_SUFFIXES else None
+        if bad:
+            raise UsageError(not_utf8("dataset file", str(file), *bad))
+
+
+def _unreadable(path: Path, err: BaseException) -> UsageError:
+    """A one-line error for a local dataset the `datasets` builders could not parse. datasets wraps the parser's
+    message (pyarrow's) in a generic one, and a fallback parser's error follows it in the chain; name pyarrow's."""
+    from datasets.exceptions import DatasetGenerationError
+
+    if isinstance(err, DatasetGenerationError) and err.__cause__ is not None:
+        err = err.__cause__
+    reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    return UsageError(f"cannot read dataset {str(path)!r} ({reason}); check that it is well-formed JSON lines, "
+                      f"a JSON list of rows, CSV or Parquet")
+
+
+def check_dataset_path(name: str) -> None:
+    """A name that looks like a local path (./, /, ~ or a data-file suffix) must exist."""
+    if name.startswith(PROVING_GROUND_PREFIX) or Path(name).expanduser().exists():
+        return
+    if name.startswith((".", "/", "~")) or Path(name).suffix in _FILE_BUILDERS:
+        raise UsageError(f"dataset path {name!r} does not exist; check dataset_name in the recipe")
 
 
 def _load_local(path: Path, split: str):
@@ -30,14 +81,25 @@ def _load_local(path: Path, split: str):
         if (path / "dataset_info.json").exists() or (path / "dataset_dict.json").exists():
             loaded = load_from_disk(str(path))
             return loaded[split] if hasattr(loaded, "keys") else loaded
-        return load_dataset(str(path), split=split)
+        return _parse_local(path, lambda: load_dataset(str(path), split=split))
     builder = _FILE_BUILDERS.get(path.suffix)
     if builder is None:
         raise UsageError(f"dataset file {str(path)!r} has unsupported type {path.suffix!r}; "
                          f"use one of {', '.join(_FILE_BUILDERS)} or a dataset folder")
     if path.stat().st_size == 0:
         raise UsageError(f"dataset file {str(path)!r} is empty")
-    return load_dataset(builder, data_files={split: str(path)}, split=split)
+    return _parse_local(path, lambda: load_dataset(builder, data_files={split: str(path)}, split=split))
+
+
+def _parse_local(path: Path, load):
+    """Run a `datasets` builder on the user's files; what it fails on is the file's content, so one line."""
+    check_utf8(path)
+    try:
+        return load()
+    except UsageError:
+        raise
+    except Exception as err:  # pyarrow, pandas and datasets raise many types for a malformed file
+        raise _unreadable(path, err) from None
 
 
 def load_any_dataset(name: str, split: str = "train", config: str | None = None, num_examples: int | None = None,
@@ -47,11 +109,10 @@ def load_any_dataset(name: str, split: str = "train", config: str | None = None,
         from posttrain.data.proving_ground import proving_ground_dataset
 
         return proving_ground_dataset(name[len(PROVING_GROUND_PREFIX):], split, num_examples, seed)
+    check_dataset_path(name)
     path = Path(name).expanduser()
     if path.exists():
         dataset = _load_local(path, split)
-    elif name.startswith((".", "/", "~")) or path.suffix in _FILE_BUILDERS:
-        raise UsageError(f"dataset path {name!r} does not exist; check dataset_name in the recipe")
     else:
         from datasets import load_dataset
 

@@ -45,7 +45,8 @@ def plot_series(series: dict[str, list[tuple[int, float]]], keys: list[str], pat
         return False
     cols = min(3, len(keys))
     rows = math.ceil(len(keys) / cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(4.5 * cols, 3.2 * rows), squeeze=False)
+    # Constrained layout reserves room for the figure title above the panel titles (they overlapped without it).
+    fig, axes = plt.subplots(rows, cols, figsize=(4.5 * cols, 3.2 * rows), squeeze=False, layout="constrained")
     for ax, key in zip(axes.flat, keys):
         steps, values = zip(*series[key])
         ax.plot(steps, values, marker="." if len(steps) < 30 else None)
@@ -64,16 +65,48 @@ def _fmt(value) -> str:
     return f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
+def run_setup(model_args, training_args, topology) -> dict[str, str]:
+    """How the run trained, from its recipe's `trl.ModelConfig` and training config and its launch's
+    `posttrain.resume.Topology`: full or LoRA fine-tuning, numeric precision, processes and DeepSpeed stage."""
+    return {"fine-tuning": _fine_tuning(model_args), "precision": _precision(model_args, training_args),
+            "topology": topology.describe()}
+
+
+def _fine_tuning(model_args) -> str:
+    if not model_args.use_peft:
+        return "full (every weight trained)"
+    kind = "DoRA" if model_args.use_dora else "LoRA"
+    targets = model_args.lora_target_modules
+    targets = ", ".join(targets) if isinstance(targets, list | tuple) else targets or "PEFT's default for the model"
+    return (f"{kind} adapter: rank {model_args.lora_r}, alpha {model_args.lora_alpha}"
+            f"{' (rsLoRA scaling)' if model_args.use_rslora else ''}, dropout {model_args.lora_dropout}, "
+            f"target modules {targets}")
+
+
+def _precision(model_args, training_args) -> str:
+    compute = "bf16 mixed precision" if training_args.bf16 else "fp16 mixed precision" if training_args.fp16 \
+        else "fp32"
+    weights = f"weights loaded as {model_args.dtype or 'auto'}"
+    if model_args.load_in_4bit:
+        weights = f"base weights quantised to 4-bit ({model_args.bnb_4bit_quant_type}, QLoRA)"
+    elif model_args.load_in_8bit:
+        weights = "base weights quantised to 8-bit"
+    return f"{compute}; {weights}"
+
+
 def write_report(run_dir: str | Path, title: str, summary: dict, sections: list[str] | None = None,
-                 method_metrics: tuple[str, ...] = ()) -> Path:
+                 method_metrics: tuple[str, ...] = (), setup: dict[str, str] | None = None) -> Path:
     """Write `report.md` (and `loss.png`, `metrics.png`) in `run_dir` from its metrics.jsonl; `method_metrics` are
-    the method's own curves (its `loss/...` parts are plotted with the loss)."""
+    the method's own curves (its `loss/...` parts are plotted with the loss), `setup` the `run_setup` facts."""
     run_dir = Path(run_dir)
     series = load_metric_series(run_dir / "metrics.jsonl")
     loss_parts = [k for k in method_metrics if k.startswith("loss/")]
     key_metrics = [k for k in dict.fromkeys([*method_metrics, *COMMON_METRICS]) if k not in loss_parts]
     lines = [f"# {title}", "", "| setting | value |", "|---|---|"]
     lines += [f"| {key} | {_fmt(value)} |" for key, value in summary.items()]
+    if setup:
+        lines += ["", "## Run setup", "", "| aspect | value |", "|---|---|"]
+        lines += [f"| {key} | {value} |" for key, value in setup.items()]
     loss_keys = [k for k in ("loss", "eval_loss", *loss_parts) if k in series]
     if plot_series(series, loss_keys, run_dir / "loss.png", "loss"):
         lines += ["", "## Loss", "", "![loss](loss.png)"]

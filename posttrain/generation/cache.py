@@ -52,20 +52,27 @@ def cached_completions(cache: ResumableJsonl, prompts: list) -> dict[int, list[C
 
 
 def generate_cached(generator: Generator, prompts: list, params: SamplingParams, cache_path: str | os.PathLike,
-                    model_id: str | None = None, chunk_size: int = 64) -> list[list[Completion]]:
+                    model_id: str | None = None, chunk_size: int = 64,
+                    progress: str | None = None) -> list[list[Completion]]:
     """`generator.generate(prompts, params)`, streamed to and resumed from `cache_path`.
 
     `model_id` defaults to `generator.model_id`; pass one that changes whenever the weights do. Generators whose
     `generate` takes `on_result` stream every finished prompt; others are called `chunk_size` prompts at a time.
+    With `progress` (a label), says how many generations the cache served and draws a bar for the rest.
     """
+    from tqdm.auto import tqdm
+
     model_id = model_id or getattr(generator, "model_id", None)
     if not model_id:
         raise UsageError("generate_cached needs a model_id (the generator has none): pass model_id='<model name>'")
     cache = open_cache(cache_path, params, model_id)
     done = cached_completions(cache, prompts)
     missing = [i for i in range(len(prompts)) if i not in done]
+    if progress and done:
+        print(f"{progress}: reused {len(done)} cached generations from {cache_path}", flush=True)
     if missing:
         config = config_sha(params, model_id)
+        bar = tqdm(total=len(missing), desc=progress, disable=progress is None)
 
         def record(local_index: int, completions: list[Completion]) -> None:
             index = missing[local_index]
@@ -74,12 +81,14 @@ def generate_cached(generator: Generator, prompts: list, params: SamplingParams,
             done[index] = completions
             cache.append({"index": index, "prompt_sha": prompt_sha(prompts[index]), "config_sha": config,
                           "completions": [c.to_dict() for c in completions]})
+            bar.update(1)
 
-        if "on_result" in inspect.signature(generator.generate).parameters:
-            generator.generate([prompts[i] for i in missing], params, on_result=record)
-        else:
-            for start in range(0, len(missing), chunk_size):
-                chunk = missing[start:start + chunk_size]
-                for offset, completions in enumerate(generator.generate([prompts[i] for i in chunk], params)):
-                    record(start + offset, completions)
+        with bar:
+            if "on_result" in inspect.signature(generator.generate).parameters:
+                generator.generate([prompts[i] for i in missing], params, on_result=record)
+            else:
+                for start in range(0, len(missing), chunk_size):
+                    chunk = missing[start:start + chunk_size]
+                    for offset, completions in enumerate(generator.generate([prompts[i] for i in chunk], params)):
+                        record(start + offset, completions)
     return [done[i] for i in range(len(prompts))]

@@ -17,13 +17,14 @@ class TransformersGenerator:
 
     `model_id` names the weights for `generate_cached` (default: the model's `name_or_path`); pass a new one when
     the in-memory weights change. `generate_kwargs` go to every `model.generate` call (e.g. `synced_gpus`).
+    `show_progress` draws a bar labelled `progress_desc`.
     """
 
     def __init__(self, model, tokenizer, batch_size: int = 256, show_progress: bool = False,
-                 model_id: str | None = None, generate_kwargs: dict | None = None):
+                 model_id: str | None = None, generate_kwargs: dict | None = None, progress_desc: str = "generate"):
         self.model, self.tokenizer = model, tokenizer
         self.generate_kwargs = dict(generate_kwargs or {})
-        self.batch_size, self.show_progress = batch_size, show_progress
+        self.batch_size, self.show_progress, self.progress_desc = batch_size, show_progress, progress_desc
         self.model_id = model_id or f"transformers:{getattr(model.config, '_name_or_path', '')}"
         self._token_texts = TokenTexts(tokenizer)
 
@@ -39,7 +40,7 @@ class TransformersGenerator:
         self.model.eval()
         torch.manual_seed(params.seed)
         try:
-            with tqdm(total=len(encoded), desc="generate", disable=not self.show_progress) as progress:
+            with tqdm(total=len(encoded), desc=self.progress_desc, disable=not self.show_progress) as progress:
                 for start in range(0, len(encoded), self.batch_size):
                     batch = encoded[start:start + self.batch_size]
                     for offset, completions in enumerate(self._generate_batch(batch, params)):

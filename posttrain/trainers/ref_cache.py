@@ -19,7 +19,7 @@ import json
 import os
 from pathlib import Path
 
-CACHE_FORMAT = 2
+CACHE_FORMAT = 3  # 3: the model hash is over canonical names (LoRA and full fine-tuning share entries)
 # Settings that change which tokens are scored or how their log-probs are summed.
 KEY_SETTINGS = ("max_length", "truncation_mode", "padding_free", "ld_alpha")
 
@@ -28,16 +28,30 @@ def default_cache_dir() -> str:
     return str(Path(os.environ.get("POSTTRAIN_CACHE", Path.home() / ".cache" / "posttrain")) / "ref_logps")
 
 
-def model_fingerprint(model, frozen_only: bool = False) -> str:
-    """SHA-256 over every parameter and buffer (name, dtype, values). ZeRO-3 partitions parameters across
-    processes, so each one is gathered in turn; all processes must call this together. `frozen_only` skips
-    trainable parameters (a fresh LoRA adapter, which the adapter-disabled reference never uses)."""
+def canonical_name(name: str) -> str:
+    """A parameter's name in the plain base model: without the wrappers' prefixes (DeepSpeed/DDP `module.`, PEFT
+    `base_model.model.`) and PEFT's `.base_layer`/`.original_module` levels, so a LoRA model's base weights hash as
+    the same model's weights do under full fine-tuning."""
+    for prefix in ("module.", "base_model.model."):
+        name = name.removeprefix(prefix)
+    return name.replace(".base_layer.", ".").replace(".original_module.", ".")
+
+
+def is_adapter_tensor(name: str) -> bool:
+    """Whether `name` belongs to a PEFT adapter (LoRA/DoRA weights, or a `modules_to_save` copy)."""
+    return any(part.startswith("lora_") or part == "modules_to_save" for part in name.split("."))
+
+
+def model_fingerprint(model, base_only: bool = False) -> str:
+    """SHA-256 over every parameter and buffer (canonical name, dtype, shape, values). ZeRO-3 partitions parameters
+    across processes, so each one is gathered in turn; all processes must call this together. `base_only` skips the
+    adapters of a PEFT model (and anything trainable): the adapter-disabled reference never uses them."""
     import torch
 
+    named = {canonical_name(name): tensor for name, tensor in [*model.named_parameters(), *model.named_buffers()]
+             if not (base_only and (is_adapter_tensor(name) or tensor.requires_grad))}
     digest = hashlib.sha256()
-    parameters = [(n, p) for n, p in model.named_parameters() if not (frozen_only and p.requires_grad)]
-    named = sorted([*parameters, *model.named_buffers()], key=lambda item: item[0])
-    for name, tensor in named:
+    for name, tensor in sorted(named.items()):
         if hasattr(tensor, "ds_id"):
             import deepspeed
 
@@ -81,9 +95,12 @@ def save_logps(path: Path, logps: dict, metadata: dict[str, str]) -> None:
     """Atomic write of {sequence name: (rows,) tensor}: a killed process leaves either no file or a complete one."""
     from safetensors.torch import save_file
 
+    from posttrain.io import restore_umask_modes
+
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
     save_file({name: values.contiguous() for name, values in logps.items()}, str(partial), metadata=metadata)
+    restore_umask_modes(partial)  # safetensors writes 0600; the cache may be shared
     os.replace(partial, path)
 
 
@@ -91,6 +108,23 @@ def load_logps(path: Path) -> dict:
     from safetensors.torch import load_file
 
     return load_file(str(path))
+
+
+def cache_file_problem(path: Path, names: list[str], rows: int) -> tuple[dict | None, str | None]:
+    """(log-probs, None) from a sound cache file, or (None, what is wrong) for one that cannot serve `rows` rows of
+    the sequences `names`: cut short, not safetensors, other names or other lengths."""
+    from safetensors import SafetensorError
+
+    try:
+        logps = load_logps(path)
+    except (SafetensorError, OSError) as err:
+        return None, f"unreadable: {str(err).splitlines()[0]}"
+    if sorted(logps) != sorted(names):
+        return None, f"holds sequences {', '.join(sorted(logps)) or 'none'}, not {', '.join(sorted(names))}"
+    shapes = {tuple(values.shape) for values in logps.values()}
+    if shapes != {(rows,)}:
+        return None, f"holds tensors of shape {', '.join(map(str, sorted(shapes)))}, not ({rows},)"
+    return logps, None
 
 
 def with_logps_columns(dataset, logps: dict, prefix: str):
@@ -132,9 +166,10 @@ class SequenceLogpsCacheMixin:
         # Rank 0 reads and sends: other nodes may not share the cache's file system.
         loaded = None
         if path is not None:
-            loaded = self._broadcast(load_logps(path) if self.accelerator.is_main_process and path.exists() else None)
+            loaded = self._broadcast(self._read_cache(path, len(dataset)) if self.accelerator.is_main_process
+                                     else None)
         what = f"{prefix} log-probs for {split} ({len(dataset)} rows, {len(self.sequences)} sequences each)"
-        if loaded is not None and all(len(v) == len(dataset) for v in loaded.values()):
+        if loaded is not None:
             self.accelerator.print(f"posttrain: {what} loaded from cache {path}; no forward pass")
             return with_logps_columns(dataset, loaded, prefix)
         logps = self._frozen_forward(dataset, split, batch_size, model)
@@ -145,6 +180,17 @@ class SequenceLogpsCacheMixin:
             self.accelerator.print(f"posttrain: {what} computed and cached at {path}")
             self.accelerator.wait_for_everyone()
         return with_logps_columns(dataset, logps, prefix)
+
+    def _read_cache(self, path: Path, rows: int) -> dict | None:
+        """The cached log-probs, or None to compute them: the file is missing, or damaged (said in one line, and
+        rewritten once computed: the cache is ours, so a bad entry is recomputed rather than fatal)."""
+        if not path.exists():
+            return None
+        logps, problem = cache_file_problem(path, [s.name for s in self.sequences], rows)
+        if problem:
+            self.accelerator.print(f"posttrain: ignoring the damaged cache file {path} ({problem}); computing the "
+                                   f"log-probs again and replacing it")
+        return logps
 
     def _cache_path(self, dataset, model=None) -> Path | None:
         """The cache file of `model`'s (None: the reference's) log-probs over `dataset`, or None without a disk
@@ -183,13 +229,11 @@ class SequenceLogpsCacheMixin:
             from accelerate.utils import is_peft_model
 
             model = self.ref_model if self.ref_model is not None else self.model
-            partitioned = any(hasattr(p, "ds_id") for p in model.parameters())
-            # The reference of a new LoRA adapter is the adapter-disabled base: its random init must not change the key.
+            # The reference of a new LoRA adapter is the adapter-disabled base: neither the adapter's random init nor
+            # PEFT's names may change the key, so LoRA and full fine-tuning of one base share an entry. (TRL's
+            # `_precompute_model_hash` is not reused: it hashes PEFT's state dict, adapter included.)
             disabled_adapter = self.ref_model is None and is_peft_model(model) and "ref" not in model.peft_config
-            # TRL already hashed the unpartitioned model; under ZeRO-3 its hash would only see empty shards.
-            trl_hash = getattr(self, "_precompute_model_hash", None)
-            self._reference_hash = trl_hash if trl_hash and not (partitioned or disabled_adapter) \
-                else model_fingerprint(model, frozen_only=disabled_adapter)
+            self._reference_hash = model_fingerprint(model, base_only=disabled_adapter)
         return self._reference_hash
 
     def _reference_scorer(self):

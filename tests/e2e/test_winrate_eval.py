@@ -108,9 +108,16 @@ def test_outputs_files_and_a_local_instructions_file(tmp_path):
     assert metrics["avg_length"] == int((8 + 8 + 1 * (N - 2)) / N)
 
 
+def widened_copy(model_dir: Path, path: Path, positions: int = 1024) -> Path:
+    """A copy of the tiny model whose context holds a judge prompt (RoPE: same weights, more positions)."""
+    shutil.copytree(model_dir, path)
+    config = read(path / "config.json")
+    (path / "config.json").write_text(json.dumps({**config, "max_position_embeddings": positions}))
+    return path
+
+
 def test_llm_judge_annotations_resume_without_rejudging(tiny_model_dir, tmp_path):
-    judge_dir = tmp_path / "judge"
-    shutil.copytree(tiny_model_dir, judge_dir)
+    judge_dir = widened_copy(tiny_model_dir, tmp_path / "judge")
     labels = likely_labels(judge_dir)
     model = write_outputs(tmp_path / "model.json", ["12345678", "", "1", "x", "00", "9"], "m")
     args = ["--model_outputs", model, "--reference_outputs", half_gold_reference(tmp_path), "--instructions",

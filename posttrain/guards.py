@@ -1,0 +1,108 @@
+"""Stopping training cleanly: on SIGINT/SIGTERM (checkpoint, one line, exit 130/143) and on a non-finite gradient.
+
+    with stop_on_signal() as stopper:
+        trainer.add_callback(stopper)
+        trainer.train()
+    stopper.raise_if_stopped(run_dir, trainer.state.global_step)   # after a signal: `Interrupted`, no final model
+"""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+from transformers import TrainerCallback
+
+from posttrain.errors import Interrupted, UsageError
+
+_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+def _checkpoint_name(run_dir: str | Path) -> str | None:
+    from posttrain.runs import last_checkpoint
+
+    checkpoint = last_checkpoint(run_dir)
+    return Path(checkpoint).name if checkpoint else None
+
+
+def _any_process(flag: bool, args) -> bool:
+    """Whether any process has `flag` set: every rank must take the same save/stop decision, or a collective save
+    waits forever for the ranks that kept training."""
+    if args.world_size <= 1:
+        return flag
+    import torch
+    import torch.distributed as dist
+
+    value = torch.tensor(int(flag), device=args.device)
+    dist.all_reduce(value, op=dist.ReduceOp.MAX)
+    return bool(value.item())
+
+
+class StopOnSignal(TrainerCallback):
+    """The first SIGINT or SIGTERM finishes the current step, saves a checkpoint and stops training; a second
+    one aborts at once."""
+
+    def __init__(self):
+        self.signum: int | None = None
+        self.stopped = False
+
+    def _handle(self, signum, frame):
+        if self.signum is not None:
+            raise Interrupted(signum, "interrupted twice; stopped without saving; rerun the same command to resume "
+                                      "from the newest checkpoint")
+        self.signum = signum
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if _any_process(self.signum is not None, args):
+            self.signum = self.signum or signal.SIGTERM  # a rank that was not signalled itself exits as SIGTERM
+            self.stopped = control.should_save = control.should_training_stop = True
+
+    def raise_if_stopped(self, run_dir: str | Path, step: int) -> None:
+        """After `train()` returned: raise `Interrupted` with the resume line if a signal stopped it."""
+        if not self.stopped:
+            return
+        checkpoint = _checkpoint_name(run_dir)
+        resume = f"resume from {checkpoint}" if checkpoint else "start again"
+        raise Interrupted(self.signum, f"interrupted at step {step}; rerun the same command to {resume}")
+
+
+@contextlib.contextmanager
+def stop_on_signal() -> Iterator[StopOnSignal]:
+    """A `StopOnSignal` whose handlers are installed while inside (main thread only; elsewhere signals keep their
+    handlers and the callback never fires)."""
+    stopper = StopOnSignal()
+    if threading.current_thread() is not threading.main_thread():
+        yield stopper
+        return
+    previous = {signum: signal.signal(signum, stopper._handle) for signum in _SIGNALS}
+    try:
+        yield stopper
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
+class StopOnNonFinite(TrainerCallback):
+    """Stops with a one-line `UsageError` when a step's gradients are not finite, before the optimizer applies them:
+    the weights stay those of the last good step and no checkpoint or final model is written from a diverged one.
+    Gradients are reduced across processes before this point, so every rank stops at the same step."""
+
+    def on_pre_optimizer_step(self, args, state, control, model=None, **kwargs):
+        import torch
+
+        if args.fp16:  # fp16's loss scaler expects occasional inf gradients: it skips that step and rescales
+            return
+        grads = [p.grad for p in model.parameters() if p.grad is not None] if model is not None else []
+        if not grads:  # e.g. DeepSpeed keeps its gradients outside the parameters
+            return
+        norm = torch.nn.utils.get_total_norm(grads)
+        if torch.isfinite(norm):
+            return
+        checkpoint = _checkpoint_name(args.output_dir) or "none (no checkpoint saved yet)"
+        raise UsageError(f"non-finite loss or gradient at step {state.global_step + 1} (gradient norm "
+                         f"{norm.item()}); nothing from this step was saved; last good checkpoint: {checkpoint}; "
+                         f"lower learning_rate (now {args.learning_rate:g}), keep max_grad_norm > 0, or check the "
+                         f"data, then rerun")
