@@ -29,12 +29,24 @@ def _model_is_built_later(recipe) -> bool:
 
 
 def check_paths(recipe) -> None:
-    """Local-looking model, baseline and dataset paths exist (a tiny model to be built is exempt)."""
+    """Local-looking model, baseline and dataset paths exist (a tiny model to be built is exempt), and a local
+    model path is a model folder."""
+    models = {"eval_baseline_model": recipe.run.eval_baseline_model if recipe.run.eval_task else None}
     if not _model_is_built_later(recipe):
-        check_model_path(recipe.model.model_name_or_path, "model_name_or_path")
-    if recipe.run.eval_task and recipe.run.eval_baseline_model:
-        check_model_path(recipe.run.eval_baseline_model, "eval_baseline_model")
+        models["model_name_or_path"] = recipe.model.model_name_or_path
+    for key, name in models.items():
+        if name:
+            check_model_path(name, key)
+            _check_model_folder(name, key)
     check_dataset_path(recipe.run.dataset_name)
+
+
+def _check_model_folder(name: str, key: str) -> None:
+    """An existing local path must hold a config.json (a PEFT adapter folder: adapter_config.json)."""
+    path = Path(name).expanduser()
+    if path.exists() and not any((path / file).is_file() for file in ("config.json", "adapter_config.json")):
+        raise UsageError(f"{key} {name!r} is not a model folder (no config.json in it); pass a folder written by "
+                         f"save_pretrained or a hub id")
 
 
 def model_modules(recipe) -> dict:

@@ -30,6 +30,7 @@ from posttrain.resume import (
     topology_callback,
 )
 from posttrain.runs import (
+    LENGTH_FIELDS,
     check_rerun,
     last_checkpoint,
     metrics_callback,
@@ -230,7 +231,7 @@ def _train(recipe: Recipe, callbacks: list | None) -> Path:
     trainer = build_trainer(recipe, [*(callbacks or []), StopOnNonFinite()])
     if resume:
         restore_token_count(trainer, resume)
-        if changes:
+        if set(changes) - set(LENGTH_FIELDS):  # a longer length alone: the resumed schedule follows it already
             trainer.add_callback(apply_changed_settings_callback())
         if check_resume(resume, trainer.accelerator, recipe.run.reset_optimizer_on_resume):
             trainer.add_callback(restore_schedule_callback(resume))
@@ -242,7 +243,11 @@ def _train(recipe: Recipe, callbacks: list | None) -> Path:
         trainer.accelerator.print(f"posttrain: resuming from {resume}")
     with stop_on_signal() as stopper, _tied_weights_not_missing(trainer.model):
         trainer.add_callback(stopper)
-        result = trainer.train(resume_from_checkpoint=resume)
+        try:
+            result = trainer.train(resume_from_checkpoint=resume)
+        except BaseException:  # e.g. the non-finite guard: end the progress bars so the error gets a line of its own
+            trainer.callback_handler.on_train_end(trainer.args, trainer.state, trainer.control)
+            raise
     stopper.raise_if_stopped(run_dir, trainer.state.global_step)  # never save an interrupted run as final
     trainer.save_model(str(run_dir))
     if trainer.accelerator.is_main_process:

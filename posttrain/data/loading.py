@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import codecs
+import logging
 from pathlib import Path
 
 from posttrain.errors import UsageError
@@ -92,14 +93,20 @@ def _load_local(path: Path, split: str):
 
 
 def _parse_local(path: Path, load):
-    """Run a `datasets` builder on the user's files; what it fails on is the file's content, so one line."""
+    """Run a `datasets` builder on the user's files; what it fails on is the file's content, so one line (the
+    builder's own error log, which repeats it, is held back while it parses)."""
     check_utf8(path)
+    datasets_logger = logging.getLogger("datasets")
+    level = datasets_logger.level
+    datasets_logger.setLevel(logging.CRITICAL)
     try:
         return load()
     except UsageError:
         raise
     except Exception as err:  # pyarrow, pandas and datasets raise many types for a malformed file
         raise _unreadable(path, err) from None
+    finally:
+        datasets_logger.setLevel(level)
 
 
 def load_any_dataset(name: str, split: str = "train", config: str | None = None, num_examples: int | None = None,

@@ -28,6 +28,20 @@ def default_cache_dir() -> str:
     return str(Path(os.environ.get("POSTTRAIN_CACHE", Path.home() / ".cache" / "posttrain")) / "ref_logps")
 
 
+def check_cache_dir(cache_dir: str) -> None:
+    """A one-line UsageError when `cache_dir` cannot hold cache files: it, or its nearest existing parent, is a file
+    or a folder this user cannot write."""
+    from posttrain.errors import UsageError
+
+    path = Path(cache_dir).expanduser()
+    existing = next(p for p in [path, *path.parents] if p.exists())
+    problem = "is not a folder" if not existing.is_dir() else \
+        "is not writable" if not os.access(existing, os.W_OK | os.X_OK) else None
+    if problem:
+        raise UsageError(f"ref_logps_cache_dir {cache_dir!r} cannot hold cache files ({existing} {problem}); pass a "
+                         f"writable folder, or '' to turn the disk cache off")
+
+
 def canonical_name(name: str) -> str:
     """A parameter's name in the plain base model: without the wrappers' prefixes (DeepSpeed/DDP `module.`, PEFT
     `base_model.model.`) and PEFT's `.base_layer`/`.original_module` levels, so a LoRA model's base weights hash as
@@ -198,6 +212,7 @@ class SequenceLogpsCacheMixin:
         cache_dir = getattr(self.args, "ref_logps_cache_dir", None)
         if not cache_dir:
             return None
+        check_cache_dir(cache_dir)
         fingerprint = self._reference_fingerprint() if model is None else model_fingerprint(model)
         key = self._broadcast(cache_key(fingerprint, dataset, self.sequences, self.args))
         return Path(cache_dir) / f"{key}.safetensors"

@@ -169,11 +169,16 @@ def changes(before: dict[str, Any], after: dict[str, Any], root: Path, may_creat
     return added + removed + changed
 
 
+def shorten(text: str, keep: int = 1500) -> str:
+    """`text`, or its start and end when it is long (a traceback's first and last frames both matter)."""
+    return text if len(text) <= 2 * keep else f"{text[:keep]}\n[...]\n{text[-keep:]}"
+
+
 def check_message(stderr: str, stdout: str, expect: list[str]) -> str:
     """The one stderr line, after asserting the one-line contract and every `expect` pattern."""
-    assert "Traceback" not in stdout + stderr, f"traceback printed:\n{stderr[-3000:]}"
+    assert "Traceback" not in stdout + stderr, f"traceback printed:\n{shorten(stdout + stderr)}"
     lines = [line for line in stderr.splitlines() if line.strip()]
-    assert len(lines) == 1, f"stderr must be exactly one line, got {len(lines)}:\n{stderr[-3000:]}"
+    assert len(lines) == 1, f"stderr must be exactly one line, got {len(lines)}:\n{shorten(stderr)}"
     line = lines[0]
     assert line.startswith("posttrain: error: "), line
     missing = [pattern for pattern in expect if not re.search(pattern, line)]

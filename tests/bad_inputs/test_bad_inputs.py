@@ -3,6 +3,7 @@ and no folder the command was given changed (no output folder created, no run to
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import shutil
@@ -24,6 +25,7 @@ from .corpus import (
     load_cases,
     recipe_values,
     restore_copy,
+    shorten,
     snapshot,
     truncate_files,
     write_files,
@@ -72,21 +74,23 @@ def assert_untouched(before: dict[Path, dict], prepared: Prepared) -> None:
         assert not diff, f"{root} changed:\n" + "\n".join(diff[:20])
 
 
-@pytest.fixture
-def library_logs_to_capsys(capsys):
-    """Point the libraries' log handlers (transformers, datasets) at this test's stderr while it runs: they keep the
-    stream of the test that first imported them, closed by now, and a real process would print to its stderr."""
+@contextlib.contextmanager
+def library_logs_to_stderr():
+    """Point the libraries' log handlers (transformers, datasets) at the current (captured) stderr: they keep the
+    stream of the test that first imported them, closed by now, where a real process would print to its stderr."""
     handlers = [handler for logger in [logging.getLogger(), *logging.Logger.manager.loggerDict.values()]
                 for handler in getattr(logger, "handlers", []) if type(handler) is logging.StreamHandler]
     previous = [(handler.stream, handler.__dict__.get("flush")) for handler in handlers]
     for handler in handlers:
         handler.stream = sys.stderr  # not setStream(): it flushes the old stream, which may be closed
         handler.__dict__.pop("flush", None)  # transformers binds flush to the stderr of its import
-    yield
-    for handler, (stream, flush) in zip(handlers, previous):
-        handler.stream = stream
-        if flush is not None:
-            handler.flush = flush
+    try:
+        yield
+    finally:
+        for handler, (stream, flush) in zip(handlers, previous):
+            handler.stream = stream
+            if flush is not None:
+                handler.flush = flush
 
 
 @pytest.fixture
@@ -106,16 +110,16 @@ def test_corpus_is_large_and_well_formed():
 
 
 @pytest.mark.parametrize("case", CASES, ids=lambda case: case.id)
-def test_bad_input_in_process(case, case_dir, request, monkeypatch, capsys, library_logs_to_capsys):
+def test_bad_input_in_process(case, case_dir, request, monkeypatch, capsys):
     prepared = prepare(case, case_dir, request)
     for name, value in prepared.env.items():
         monkeypatch.setenv(name, value)
     before = {root: snapshot(root) for root in prepared.roots}
     capsys.readouterr()  # drop what preparing printed
-    with pytest.raises(SystemExit) as exited:
+    with pytest.raises(SystemExit) as exited, library_logs_to_stderr():
         cli.main(prepared.argv)
     out, err = capsys.readouterr()
-    assert exited.value.code == 2, f"exit code {exited.value.code}\nstdout: {out[-2000:]}\nstderr: {err[-2000:]}"
+    assert exited.value.code == 2, f"exit code {exited.value.code}\n{shorten(out + err)}"
     check_message(err, out, case.expect)
     assert_untouched(before, prepared)
 
@@ -127,6 +131,6 @@ def test_bad_input_as_a_process(case, case_dir, request):
     before = {root: snapshot(root) for root in prepared.roots}
     done = subprocess.run([sys.executable, "-m", "posttrain.cli", *prepared.argv], cwd=case_dir,
                           env={**os.environ, **prepared.env}, capture_output=True, text=True)
-    assert done.returncode == 2, f"exit code {done.returncode}\nstderr: {done.stderr[-3000:]}"
+    assert done.returncode == 2, f"exit code {done.returncode}\n{shorten(done.stderr)}"
     check_message(done.stderr, done.stdout, case.expect)
     assert_untouched(before, prepared)

@@ -11,7 +11,6 @@ from posttrain.trainers.dpo import DPOConfig, DPOTrainer
 from .test_rpo import ROWS, _trainer
 
 
-
 def _dpo(model_dir, tmp_path, lora: bool = False):
     peft_config = LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", task_type="CAUSAL_LM") if lora else None
     return _trainer(DPOTrainer, DPOConfig, model_dir, tmp_path, tmp_path / "cache", peft_config=peft_config)
@@ -65,3 +64,14 @@ def test_a_damaged_cache_file_is_recomputed_with_a_one_line_note(damage, tiny_mo
     assert second.reference_forward_batches == ROWS // 8
     assert second.train_dataset["ref_chosen_logps"] == first.train_dataset["ref_chosen_logps"]
     assert _dpo(tiny_model_dir, tmp_path).reference_forward_batches == 0  # the entry was replaced by a sound one
+
+
+def test_a_cache_dir_that_is_a_file_is_a_one_line_usage_error(tiny_model_dir, tmp_path):
+    from posttrain.errors import UsageError
+
+    (tmp_path / "cache").write_text("not a folder")
+    with pytest.raises(UsageError) as error:
+        _dpo(tiny_model_dir, tmp_path)
+    message = str(error.value)
+    assert f"({tmp_path / 'cache'} is not a folder)" in message and "'' to turn the disk cache off" in message
+    assert "\n" not in message and (tmp_path / "cache").read_text() == "not a folder"

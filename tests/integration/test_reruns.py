@@ -110,3 +110,14 @@ def test_a_resume_keeps_one_line_per_step_and_whole_run_totals(recipe_for, tmp_p
     assert summaries[0]["train_runtime"] > saved["MetricsJsonlCallback"]["attributes"]["seconds_before"] > 0
     tokens = [r["num_tokens"] for r in resumed if "num_tokens" in r]
     assert tokens == [r["num_tokens"] for r in straight if "num_tokens" in r] and tokens[-1] > tokens[1]
+
+
+def test_a_damaged_checkpoint_stops_the_rerun_before_anything_is_written(recipe_for, tmp_path, capsys):
+    checkpoint = tmp_path / "run" / "checkpoint-2"
+    checkpoint.mkdir(parents=True)
+    (checkpoint / "trainer_state.json").write_text('{"global_st')  # cut off while being written
+    with pytest.raises(SystemExit) as stop:
+        _train(recipe_for(tmp_path / "run"))
+    err = capsys.readouterr().err
+    assert stop.value.code == 2 and len(err.strip().splitlines()) == 1 and f"checkpoint {checkpoint}" in err
+    assert [p.name for p in (tmp_path / "run").rglob("*")] == ["checkpoint-2", "trainer_state.json"]

@@ -1,4 +1,4 @@
-"""Tokens from the environment or the recipe never reach a run folder (any file, binary ones included) or the console."""
+"""Tokens from the environment or the recipe never reach a run folder (any file, binary too) or the console."""
 
 from __future__ import annotations
 

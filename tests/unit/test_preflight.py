@@ -56,11 +56,12 @@ def test_non_utf8_dataset_file_is_one_line_with_the_byte_offset(tmp_path, name, 
         load_any_dataset(str(path))
 
 
-def test_malformed_dataset_file_is_one_line(tmp_path):
+def test_malformed_dataset_file_is_one_line(tmp_path, capfd):
     path = tmp_path / "broken.jsonl"
     path.write_text('{"prompt": "x", "chosen": \n')
     with pytest.raises(UsageError, match="cannot read dataset .*JSON parse error.*well-formed JSON lines"):
         load_any_dataset(str(path))
+    assert "Failed to load JSON" not in capfd.readouterr().err  # datasets' own error log is held back
 
 
 def test_first_non_utf8_byte_counts_across_chunks(tmp_path):
@@ -80,6 +81,9 @@ def test_missing_paths_fail_before_work(recipe_args, tmp_path):
         check_paths(parse_recipe(recipe_args(eval_task="sort8", eval_baseline_model=str(tmp_path / "gone"))))
     with pytest.raises(UsageError, match="dataset path './missing.jsonl' does not exist"):
         check_paths(parse_recipe(recipe_args(dataset_name="./missing.jsonl")))
+    (tmp_path / "notes").mkdir()
+    with pytest.raises(UsageError, match="model_name_or_path '.*notes' is not a model folder .no config.json"):
+        check_paths(parse_recipe(recipe_args(tmp_path / "notes")))
     check_paths(parse_recipe(recipe_args(tmp_path / "built", build_tiny_model_if_missing=True)))  # built later
 
 

@@ -62,20 +62,28 @@ def _is_torch_load(call: ast.Call) -> bool:
         and func.value.id == "torch"
 
 
+def _shell_calls(path: Path) -> list[int]:
+    return [call.lineno for call in _calls(path) if _keyword(call, "shell") not in (None, False)]
+
+
+def _unsafe_torch_loads(path: Path) -> list[int]:
+    return [call.lineno for call in _calls(path) if _is_torch_load(call) and _keyword(call, "weights_only") is not True]
+
+
 SOURCES = sorted(path for folder in SOURCE_DIRS for path in (REPO / folder).rglob("*.py"))
 
 
-def test_the_source_scan_sees_the_package():
+def test_the_source_scan_sees_the_package_and_finds_what_it_looks_for(tmp_path):
     assert REPO / "posttrain" / "train.py" in SOURCES and len(SOURCES) > 30
+    sample = tmp_path / "sample.py"
+    sample.write_text("import subprocess, torch\nsubprocess.run(cmd, shell=True)\ntorch.load(p)\n"
+                      "torch.load(p, weights_only=False)\ntorch.load(p, weights_only=True)\nsubprocess.run(cmd)\n")
+    assert _shell_calls(sample) == [2] and _unsafe_torch_loads(sample) == [3, 4]
 
 
 def test_no_subprocess_runs_through_a_shell():
-    found = [f"{path.relative_to(REPO)}:{call.lineno}" for path in SOURCES for call in _calls(path)
-             if _keyword(call, "shell") not in (None, False)]
-    assert found == []
+    assert {str(path.relative_to(REPO)): lines for path in SOURCES if (lines := _shell_calls(path))} == {}
 
 
 def test_every_torch_load_is_weights_only():
-    found = [f"{path.relative_to(REPO)}:{call.lineno}" for path in SOURCES for call in _calls(path)
-             if _is_torch_load(call) and _keyword(call, "weights_only") is not True]
-    assert found == []
+    assert {str(path.relative_to(REPO)): lines for path in SOURCES if (lines := _unsafe_torch_loads(path))} == {}
