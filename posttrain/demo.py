@@ -9,6 +9,7 @@ SFT checkpoint; a method needing other data plugs its own stage into `CUSTOM_STA
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from functools import partial
@@ -16,6 +17,7 @@ from pathlib import Path
 
 import yaml
 
+from posttrain.console import quiet_libraries, silent
 from posttrain.data.pairs import sample_preference_pairs
 from posttrain.data.proving_ground import proving_ground_rows
 from posttrain.data.tasks import get_task, tokenizer_corpus
@@ -57,6 +59,21 @@ def control_overrides() -> dict:
     return {**{key: dpo[key] for key in CONTROL_KEYS}, "warmup_steps": 0}
 
 
+def run_stage(pipe: Pipeline, name: str, fn: Callable[[Path], object], **options):
+    """`pipe.stage`, printing one line when the stage ran (the pipeline prints its own when it skips one). Inside
+    a demo, training prints nothing else (`posttrain.console.silent`)."""
+    started, ran = time.monotonic(), []
+
+    def timed(stage_dir: Path):
+        ran.append(stage_dir)
+        return fn(stage_dir)
+
+    result = pipe.stage(name, timed, **options)
+    if ran:
+        print(f"posttrain: stage {pipe.path(name)} done in {time.monotonic() - started:.0f} s", flush=True)
+    return result
+
+
 def train_stage(pipe: Pipeline, name: str, recipe_path: str, callbacks: Callbacks = None, **overrides) -> dict:
     """Stage `name`: train `recipe_path` into the stage folder; its result is the run summary `train` records."""
 
@@ -64,12 +81,12 @@ def train_stage(pipe: Pipeline, name: str, recipe_path: str, callbacks: Callback
         recipe = load_recipe(recipe_path, output_dir=str(stage_dir), **overrides)
         return train(recipe, callbacks(stage_dir) if callbacks else None)
 
-    return pipe.stage(name, run)
+    return run_stage(pipe, name, run)
 
 
 def demo_tiny_model(pipe: Pipeline) -> Path:
     """The from-scratch starting point every demo seed shares: stage `tiny-llama`, built once."""
-    pipe.stage("tiny-llama", lambda d: make_tiny_model(d, tokenizer_corpus(), family="llama", seed=0))
+    run_stage(pipe, "tiny-llama", lambda d: make_tiny_model(d, tokenizer_corpus(), family="llama", seed=0))
     return pipe.path("tiny-llama")
 
 
@@ -83,7 +100,7 @@ class SeedStages:
     def prepare(self, tiny: Path) -> dict:
         """Stages `sft` (from the tiny model) and `pairs`; returns the pair statistics."""
         train_stage(self.pipe, "sft", toy_recipe("sft"), model_name_or_path=str(tiny), **self.common)
-        return self.pipe.stage("pairs", self._sample_pairs)
+        return run_stage(self.pipe, "pairs", self._sample_pairs)
 
     def _sample_pairs(self, stage_dir: Path) -> dict:
         """Sample 4 answers per prompt from the SFT model; pair a correct one (chosen) with a wrong one (rejected)."""
@@ -114,7 +131,7 @@ class SeedStages:
 
     def evaluate(self, names: list[str]) -> list[dict]:
         """Stage `eval`: one judged row for SFT and for each named stage (accuracy, change, win rate vs SFT)."""
-        return self.pipe.stage("eval", lambda d: self._judged_rows(names), fingerprint=names)
+        return run_stage(self.pipe, "eval", lambda d: self._judged_rows(names), fingerprint=names)
 
     def _judged_rows(self, names: list[str]) -> list[dict]:
         sft = read_json(self.pipe.path("sft") / "eval.json")["accuracy"]
@@ -154,6 +171,8 @@ def open_demo(output: str, settings: DemoSettings) -> Pipeline:
     return pipe
 
 
+@silent()
+@quiet_libraries()
 def run_demo(output: str = "runs/demo", seeds: tuple[int, ...] = (0, 1), task_name: str = "sort8",
              num_pair_prompts: int = 3000, eval_examples: int = 500) -> dict:
     """Run every seed's stages; write `<output>/report.md` and `results.json`; return the results."""

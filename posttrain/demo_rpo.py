@@ -14,6 +14,7 @@ import json
 from functools import partial
 from pathlib import Path
 
+from posttrain.console import quiet_libraries, silent
 from posttrain.demo import CONTROL, DemoSettings, SeedStages, demo_tiny_model, open_demo, toy_recipe
 from posttrain.evaluation.proving_ground import epoch_accuracy_callback
 from posttrain.io import atomic_write_json, atomic_write_text, read_json, read_jsonl
@@ -70,6 +71,8 @@ def _variant_row(stages: SeedStages, judged: dict) -> dict:
             "chosen_logp_min": min(chosen) if chosen else None}
 
 
+@silent()
+@quiet_libraries()
 def run_rpo_comparison(output: str = "runs/demo-rpo", seeds: tuple[int, ...] = (0, 1), task_name: str = "sort8",
                        num_pair_prompts: int = 3000, eval_examples: int = 500) -> list[dict]:
     """Train every variant for every seed; write `<output>/report.md` and `results.json`; return the rows."""

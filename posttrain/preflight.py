@@ -4,6 +4,7 @@ and whether the data's format suits the model's chat template. Each mistake is o
 from __future__ import annotations
 
 import dataclasses
+import os
 import re
 import sys
 from pathlib import Path
@@ -21,7 +22,43 @@ DATA_FORMATS_HINT = 'give rows as lists of {"role", "content"} messages (README 
 def preflight(recipe) -> None:
     """Everything about the recipe that can be checked from paths and configs alone."""
     check_paths(recipe)
+    check_quantization(recipe)
+    check_cache_location(recipe)
     check_lora_targets(recipe)
+
+
+def check_quantization(recipe) -> None:
+    """QLoRA (`load_in_4bit`/`load_in_8bit`) needs CUDA and bitsandbytes: bitsandbytes' quantised layers run on
+    CUDA only."""
+    model_args = recipe.model
+    if not (model_args.load_in_4bit or model_args.load_in_8bit):
+        return
+    import importlib.util
+
+    import torch
+
+    flag = "load_in_4bit" if model_args.load_in_4bit else "load_in_8bit"
+    lacking = [reason for reason, missing in (
+        ("the recipe sets use_cpu: true", recipe.training.use_cpu),
+        ("no CUDA GPU is visible", not recipe.training.use_cpu and not torch.cuda.is_available()),
+        ("bitsandbytes is not installed", importlib.util.find_spec("bitsandbytes") is None)) if missing]
+    if lacking:
+        raise UsageError(f"{flag} (QLoRA) needs a CUDA GPU and the bitsandbytes package, but "
+                         f"{' and '.join(lacking)}; set {flag} false (plain LoRA) or run on a GPU with "
+                         f"`pip install bitsandbytes` and --use_cpu false")
+
+
+def check_cache_location(recipe) -> None:
+    """The reference log-prob cache folder (DPO family) can hold files; its default comes from $POSTTRAIN_CACHE,
+    so the message names that variable when the recipe did not set the folder."""
+    from posttrain.trainers.ref_cache import check_cache_dir
+
+    cache_dir = getattr(recipe.training, "ref_logps_cache_dir", None)
+    if not cache_dir:
+        return
+    from_environment = "ref_logps_cache_dir" not in recipe.given and "POSTTRAIN_CACHE" in os.environ
+    check_cache_dir(cache_dir, f"POSTTRAIN_CACHE={os.environ['POSTTRAIN_CACHE']!r}" if from_environment
+                    else "ref_logps_cache_dir")
 
 
 def _model_is_built_later(recipe) -> bool:

@@ -200,7 +200,7 @@ def _make_parser(classes, source: str):
         def error(self, message):  # argparse would print usage and exit; we want one line
             raise UsageError(f"{source} or command line: {message}")
 
-    return _Parser(classes)
+    return _Parser(classes, allow_abbrev=False)  # `--learning_rat` must not silently mean --learning_rate
 
 
 def parse_recipe(argv: list[str]) -> Recipe:

@@ -57,20 +57,6 @@ def _load_model(recipe: Recipe):
     from trl import get_quantization_config
 
     model_args = recipe.model
-    if model_args.load_in_4bit or model_args.load_in_8bit:  # bitsandbytes' quantised layers run on CUDA only
-        import importlib.util
-
-        import torch
-
-        flag = "load_in_4bit" if model_args.load_in_4bit else "load_in_8bit"
-        lacking = [reason for reason, missing in (
-            ("the recipe sets use_cpu: true", recipe.training.use_cpu),
-            ("no CUDA GPU is visible", not recipe.training.use_cpu and not torch.cuda.is_available()),
-            ("bitsandbytes is not installed", importlib.util.find_spec("bitsandbytes") is None)) if missing]
-        if lacking:
-            raise UsageError(f"{flag} (QLoRA) needs a CUDA GPU and the bitsandbytes package, but "
-                             f"{' and '.join(lacking)}; set {flag} false (plain LoRA) or run on a GPU with "
-                             f"`pip install bitsandbytes` and --use_cpu false")
     extra = {}
     quantization = get_quantization_config(model_args)
     if quantization is not None:  # QLoRA: each process holds its quantised copy on its own device

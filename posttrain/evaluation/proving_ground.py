@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import time
 
+from posttrain.console import is_silent
 from posttrain.data.proving_ground import proving_ground_rows
 from posttrain.data.tasks import SortTask, get_task
 from posttrain.evaluation.winrate import winrate_metrics
@@ -64,7 +65,8 @@ def epoch_accuracy_callback(task: str, tokenizer, eval_examples: int, dataset_se
                            "train_seconds": round(began - self.start - self.eval_seconds, 1),
                            "eval_seconds": round(ended - began, 1)})
             self.eval_seconds += ended - began
-            print(f"epoch {points[-1]['epoch']} step {state.global_step}: {task} accuracy {result['accuracy']:.3f} "
-                  f"({points[-1]['train_seconds']} s training)", flush=True)
+            if not is_silent():
+                print(f"epoch {points[-1]['epoch']} step {state.global_step}: {task} accuracy {result['accuracy']:.3f} "
+                      f"({points[-1]['train_seconds']} s training)", flush=True)
 
     return EpochAccuracy()

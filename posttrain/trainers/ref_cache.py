@@ -28,9 +28,9 @@ def default_cache_dir() -> str:
     return str(Path(os.environ.get("POSTTRAIN_CACHE", Path.home() / ".cache" / "posttrain")) / "ref_logps")
 
 
-def check_cache_dir(cache_dir: str) -> None:
+def check_cache_dir(cache_dir: str, setting: str = "ref_logps_cache_dir") -> None:
     """A one-line UsageError when `cache_dir` cannot hold cache files: it, or its nearest existing parent, is a file
-    or a folder this user cannot write."""
+    or a folder this user cannot write. `setting` names what the user set (the recipe key, or $POSTTRAIN_CACHE)."""
     from posttrain.errors import UsageError
 
     path = Path(cache_dir).expanduser()
@@ -38,8 +38,8 @@ def check_cache_dir(cache_dir: str) -> None:
     problem = "is not a folder" if not existing.is_dir() else \
         "is not writable" if not os.access(existing, os.W_OK | os.X_OK) else None
     if problem:
-        raise UsageError(f"ref_logps_cache_dir {cache_dir!r} cannot hold cache files ({existing} {problem}); pass a "
-                         f"writable folder, or '' to turn the disk cache off")
+        raise UsageError(f"{setting} cannot hold the reference log-prob cache {cache_dir!r} ({existing} {problem}); "
+                         f"point it at a writable folder, or set ref_logps_cache_dir '' to turn the disk cache off")
 
 
 def canonical_name(name: str) -> str:

@@ -15,7 +15,7 @@ def pytest_configure(config):
     config.addinivalue_line("markers", "process: a corpus case run as a real `posttrain` process")
 
 
-class Interrupted(Exception):
+class SimulatedCrash(Exception):
     """Raised by the fixture's callback to stop a run the way a crash would: checkpoints written, no final model."""
 
 
@@ -25,7 +25,7 @@ def _crash_after(step: int):
     class CrashAfter(TrainerCallback):
         def on_step_begin(self, args, state, control, **kwargs):
             if state.global_step >= step:
-                raise Interrupted(f"crashed after step {state.global_step}")
+                raise SimulatedCrash(f"crashed after step {state.global_step}")
 
     return CrashAfter()
 
@@ -62,7 +62,7 @@ def _pristine_run(kind: str, corpus_root: Path, run_slot: dict[str, Path], tiny_
     write_recipe(run_slot["run_recipe"], values)
     try:
         _train(run_slot["run_recipe"], callbacks)
-    except Interrupted:
+    except SimulatedCrash:
         pass
     shutil.move(run_slot["run_dir"], pristine / kind)
     shutil.move(run_slot["run_recipe"], pristine / f"{kind}.yaml")

@@ -20,11 +20,10 @@ from ..conftest import CPU_SETTINGS
 
 HERE = Path(__file__).resolve().parent
 FIXTURES = HERE.parent / "fixtures"
-CASE_KEYS = {"id", "argv", "expect", "files", "recipe", "existing_run", "truncate", "env", "process",
-             "may_create", "why"}
+CASE_KEYS = {"id", "argv", "expect", "files", "recipe", "existing_run", "truncate", "env", "process"}
 RUN_KINDS = ("finished", "interrupted")
 
-# The tiny recipes behind the session runs and the `recipe:` field of a case (`base: dpo` picks the second).
+# The tiny base recipes of a case's `recipe:` field: `sft` (the default, also the session runs') and `dpo`.
 BASE_RECIPES: dict[str, dict[str, Any]] = {
     "sft": {"method": "sft", "dataset_name": "pg:sort8/sft", "dataset_num_examples": 16, "max_steps": 2,
             "per_device_train_batch_size": 8, "learning_rate": 1e-3, "logging_steps": 1, "save_strategy": "steps",
@@ -46,8 +45,6 @@ class Case:
     truncate: list[dict] = field(default_factory=list)
     env: dict[str, str] = field(default_factory=dict)
     process: bool = False
-    may_create: list[str] = field(default_factory=list)  # folders the command may leave behind (needs `why`)
-    why: str = ""
 
 
 def load_cases(path: Path = HERE / "cases.yaml") -> list[Case]:
@@ -60,7 +57,6 @@ def load_cases(path: Path = HERE / "cases.yaml") -> list[Case]:
         expect = entry["expect"]
         entry = {**entry, "expect": [expect] if isinstance(expect, str) else list(expect)}
         assert entry.get("existing_run") in (None, *RUN_KINDS), f"case {entry['id']!r}: existing_run"
-        assert not entry.get("may_create") or entry.get("why"), f"case {entry['id']!r}: may_create needs a why"
         cases.append(Case(**entry))
     ids = [c.id for c in cases]
     assert len(ids) == len(set(ids)), "case ids must be unique"
@@ -159,11 +155,9 @@ def snapshot(root: Path) -> dict[str, Any]:
     return state
 
 
-def changes(before: dict[str, Any], after: dict[str, Any], root: Path, may_create: list[str] = ()) -> list[str]:
-    """Human-readable differences between two snapshots of `root`, less new entries inside `may_create` folders."""
-    allowed = [Path(folder) for folder in may_create]
-    added = [f"+ {p}" for p in sorted(set(after) - set(before))
-             if not any((root / p).is_relative_to(folder) for folder in allowed)]
+def changes(before: dict[str, Any], after: dict[str, Any]) -> list[str]:
+    """Human-readable differences between two snapshots of one folder."""
+    added = [f"+ {p}" for p in sorted(set(after) - set(before))]
     removed = [f"- {p}" for p in sorted(set(before) - set(after))]
     changed = [f"~ {p}" for p in sorted(set(before) & set(after)) if before[p] != after[p]]
     return added + removed + changed
