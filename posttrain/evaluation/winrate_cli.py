@@ -279,8 +279,8 @@ def generate_and_judge(args) -> dict:
                    for r, ref, out, j in zip(rows, references, outputs, judged)]
     atomic_write_json(output_dir / "annotations.json", annotations)
     if all(a["preference"] is None for a in annotations):
-        raise UsageError(f"the judge failed on all {len(annotations)} examples (see {output_dir / 'annotations.json'}); "
-                         f"{_failed_judge_fix(judge, args)}")
+        raise UsageError(f"the judge failed on all {len(annotations)} examples (see "
+                         f"{output_dir / 'annotations.json'}); {_failed_judge_fix(judge, args)}")
     metrics = leaderboard(annotations, outputs)
     write_results(output_dir, model_name, metrics)
     return metrics
@@ -314,7 +314,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--reference_outputs", help="AlpacaEval outputs JSON (instead of --reference)")
     parser.add_argument("--instructions", help="dataset: pg:<task>/<kind>, a local JSON/JSONL file or a hub id")
     parser.add_argument("--split", default=None, help="dataset split (default: test for pg:, else train)")
-    parser.add_argument("--max_instructions", type=int, default=None, help="use the first N instructions (default: all)")
+    parser.add_argument("--max_instructions", type=int, default=None,
+                        help="use the first N instructions (default: all)")
     parser.add_argument("--judge", default=None, help="rule:<task> | reward:<path> | llm:<path> | "
                                                      "llm-openai:<base_url>#<model>")
     parser.add_argument("--judge_seed", type=int, default=0, help="seed of the per-example output order")
