@@ -55,14 +55,16 @@ def _data(args) -> None:
 def _eval_task(args) -> None:
     import json
 
+    from posttrain.console import quiet_libraries
     from posttrain.evaluation.proving_ground import evaluate_task
     from posttrain.generation import TransformersGenerator
     from posttrain.models import load_causal_lm, load_tokenizer
 
-    tokenizer = load_tokenizer(args.model)
-    baseline = TransformersGenerator(load_causal_lm(args.baseline), tokenizer) if args.baseline else None
-    result = evaluate_task(TransformersGenerator(load_causal_lm(args.model), tokenizer), args.task, args.n,
-                           args.seed, baseline)
+    with quiet_libraries():
+        tokenizer = load_tokenizer(args.model)
+        baseline = TransformersGenerator(load_causal_lm(args.baseline), tokenizer) if args.baseline else None
+        result = evaluate_task(TransformersGenerator(load_causal_lm(args.model), tokenizer), args.task, args.n,
+                               args.seed, baseline)
     print(json.dumps({k: v for k, v in result.items() if k != "examples"}, indent=2))
 
 

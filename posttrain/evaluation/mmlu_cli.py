@@ -41,6 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--trust_remote_code", action="store_true")
     p.add_argument("--gpu_memory_utilization", type=float, default=None, help="vLLM backend (default 0.9, CPU 0.2)")
     p.add_argument("--output_dir", default=None, help="default runs/mmlu/<model>_<k>shot")
+    p.add_argument("--verbose", action="store_true", help="show every library log line and progress bar")
     return p
 
 
@@ -55,8 +56,12 @@ def parse_args(argv: list[str]):
 
 
 def run(args) -> dict:
-    """`evaluate_mmlu` with the parsed arguments; returns the results."""
-    return evaluate_mmlu(**vars(args), progress=True)
+    """`evaluate_mmlu` with the parsed arguments, libraries quiet unless --verbose; returns the results."""
+    from posttrain.console import quiet_libraries
+
+    options = {key: value for key, value in vars(args).items() if key != "verbose"}
+    with quiet_libraries(args.verbose):
+        return evaluate_mmlu(**options, progress=True)
 
 
 def print_summary(results: dict, output_dir: str) -> None:

@@ -19,6 +19,8 @@ import json
 import os
 from pathlib import Path
 
+from posttrain.console import is_silent
+
 CACHE_FORMAT = 3  # 3: the model hash is over canonical names (LoRA and full fine-tuning share entries)
 # Settings that change which tokens are scored or how their log-probs are summed.
 KEY_SETTINGS = ("max_length", "truncation_mode", "padding_free", "ld_alpha")
@@ -184,16 +186,21 @@ class SequenceLogpsCacheMixin:
                                      else None)
         what = f"{prefix} log-probs for {split} ({len(dataset)} rows, {len(self.sequences)} sequences each)"
         if loaded is not None:
-            self.accelerator.print(f"posttrain: {what} loaded from cache {path}; no forward pass")
+            self._note(f"posttrain: {what} loaded from cache {path}; no forward pass")
             return with_logps_columns(dataset, loaded, prefix)
         logps = self._frozen_forward(dataset, split, batch_size, model)
         if path is not None:
             if self.accelerator.is_main_process:
                 save_logps(path, logps, {"model": str(getattr(model or self.model, "name_or_path", "")),
                                          "split": split, "rows": str(len(dataset)), "prefix": prefix})
-            self.accelerator.print(f"posttrain: {what} computed and cached at {path}")
+            self._note(f"posttrain: {what} computed and cached at {path}")
             self.accelerator.wait_for_everyone()
         return with_logps_columns(dataset, logps, prefix)
+
+    def _note(self, message: str) -> None:
+        """One line on the main process, unless a caller (the demos) asked for silence."""
+        if not is_silent():
+            self.accelerator.print(message)
 
     def _read_cache(self, path: Path, rows: int) -> dict | None:
         """The cached log-probs, or None to compute them: the file is missing, or damaged (said in one line, and
@@ -276,7 +283,7 @@ class SequenceLogpsCacheMixin:
         scorer, peft_model = self._reference_scorer() if model is None else (model, None)
         names = [s.name for s in self.sequences]
         parts: dict[str, list] = {name: [] for name in names}
-        quiet = not self.accelerator.is_local_main_process
+        quiet = not self.accelerator.is_local_main_process or is_silent()
         for batch in tqdm(loader, desc=f"frozen log-probs ({split})", disable=quiet):
             logps = self.frozen_logps(scorer, batch, peft_model)
             for name, values in zip(names, self.accelerator.gather_for_metrics([logps[n] for n in names])):
