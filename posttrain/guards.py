@@ -105,4 +105,5 @@ class StopOnNonFinite(TrainerCallback):
         raise UsageError(f"non-finite loss or gradient at step {state.global_step + 1} (gradient norm "
                          f"{norm.item()}); nothing from this step was saved; last good checkpoint: {checkpoint}; "
                          f"lower learning_rate (now {args.learning_rate:g}), keep max_grad_norm > 0, or check the "
-                         f"data, then rerun")
+                         f"data, then rerun with --continue_with_changes true (or --auto_resume false to start "
+                         f"over)")
