@@ -224,3 +224,15 @@ def apply_changed_settings_callback():
             schedule._last_lr = list(lrs)
 
     return ApplyChangedSettings()
+
+
+def current_intervals_callback():
+    """A resumed Trainer takes `logging_steps`, `eval_steps` and `save_steps` from the checkpoint's trainer state
+    (transformers only warns about the difference); a rerun may change them freely, so this run's values apply."""
+    from transformers import TrainerCallback
+
+    class UseCurrentIntervals(TrainerCallback):
+        def on_train_begin(self, args, state, control, **kwargs):
+            state.compute_steps(args, state.max_steps)
+
+    return UseCurrentIntervals()

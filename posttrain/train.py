@@ -24,6 +24,7 @@ from posttrain.resume import (
     batch_change_note,
     check_checkpoint_intact,
     check_resume,
+    current_intervals_callback,
     current_topology,
     restore_schedule_callback,
     restore_token_count,
@@ -217,6 +218,7 @@ def _train(recipe: Recipe, callbacks: list | None) -> Path:
     trainer = build_trainer(recipe, [*(callbacks or []), StopOnNonFinite()])
     if resume:
         restore_token_count(trainer, resume)
+        trainer.add_callback(current_intervals_callback())
         if set(changes) - set(LENGTH_FIELDS):  # a longer length alone: the resumed schedule follows it already
             trainer.add_callback(apply_changed_settings_callback())
         if check_resume(resume, trainer.accelerator, recipe.run.reset_optimizer_on_resume):

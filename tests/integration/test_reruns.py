@@ -121,3 +121,13 @@ def test_a_damaged_checkpoint_stops_the_rerun_before_anything_is_written(recipe_
     err = capsys.readouterr().err
     assert stop.value.code == 2 and len(err.strip().splitlines()) == 1 and f"checkpoint {checkpoint}" in err
     assert [p.name for p in (tmp_path / "run").rglob("*")] == ["checkpoint-2", "trainer_state.json"]
+
+
+def test_a_rerun_may_change_the_logging_and_saving_intervals_and_they_apply(recipe_for, tmp_path):
+    """transformers resumes with the checkpoint's logging/save intervals; ours are documented as free to change."""
+    run_dir = tmp_path / "run"
+    _train(recipe_for(run_dir, save_steps=2, logging_steps=2))
+    _train(recipe_for(run_dir, max_steps=8, save_steps=3, logging_steps=1))
+    logged = [r["step"] for r in _records(run_dir) if "loss" in r]
+    assert logged == [2, 4, 5, 6, 7, 8]
+    assert (run_dir / "checkpoint-6").is_dir() and not (run_dir / "checkpoint-5").exists()
