@@ -67,12 +67,14 @@ def _unreadable(path: Path, err: BaseException) -> UsageError:
                       f"a JSON list of rows, CSV or Parquet")
 
 
-def check_dataset_path(name: str) -> None:
-    """A name that looks like a local path (./, /, ~ or a data-file suffix) must exist."""
+def check_dataset_path(name: str, setting: str = "dataset_name") -> None:
+    """A name that looks like a local path (./, /, ~ or a data-file suffix) must exist; `setting` is what the user
+    set it with (the recipe key, or a CLI flag such as --instructions)."""
     if name.startswith(PROVING_GROUND_PREFIX) or Path(name).expanduser().exists():
         return
     if name.startswith((".", "/", "~")) or Path(name).suffix in _FILE_BUILDERS:
-        raise UsageError(f"dataset path {name!r} does not exist; check dataset_name in the recipe")
+        raise UsageError(f"{setting} {name!r} does not exist; pass an existing file or folder, a pg:<task>/<kind> "
+                         f"name or a hub id")
 
 
 def _load_local(path: Path, split: str):

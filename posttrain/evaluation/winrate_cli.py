@@ -108,7 +108,9 @@ def instruction_rows(args) -> list[dict]:
         return [{"instruction": r["instruction"], "prompt": _as_chat(r["instruction"])}
                 for r in rows[:args.max_instructions]]
     from posttrain.data import load_any_dataset
+    from posttrain.data.loading import check_dataset_path
 
+    check_dataset_path(args.instructions, "--instructions")
     split = args.split or ("test" if args.instructions.startswith("pg:") else "train")
     dataset = load_any_dataset(args.instructions, split, num_examples=args.max_instructions)
     columns = set(dataset.column_names)

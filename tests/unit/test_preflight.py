@@ -79,7 +79,7 @@ def test_missing_paths_fail_before_work(recipe_args, tmp_path):
         check_paths(parse_recipe(recipe_args(tmp_path / "nope")))
     with pytest.raises(UsageError, match="eval_baseline_model path '.*gone' does not exist"):
         check_paths(parse_recipe(recipe_args(eval_task="sort8", eval_baseline_model=str(tmp_path / "gone"))))
-    with pytest.raises(UsageError, match="dataset path './missing.jsonl' does not exist"):
+    with pytest.raises(UsageError, match="dataset_name './missing.jsonl' does not exist"):
         check_paths(parse_recipe(recipe_args(dataset_name="./missing.jsonl")))
     (tmp_path / "notes").mkdir()
     with pytest.raises(UsageError, match="model_name_or_path '.*notes' is not a model folder .no config.json"):
