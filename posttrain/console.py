@@ -41,9 +41,9 @@ def quiet_libraries(verbose: bool = False) -> Iterator[None]:
     import huggingface_hub.utils as hub
     import transformers.utils.logging as hf_logging
 
-    saved = (hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled(),
-             datasets.utils.logging.get_verbosity(), datasets.is_progress_bar_enabled(),
-             hub.are_progress_bars_disabled())
+    hf_verbosity, hf_bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
+    datasets_verbosity, datasets_bars = datasets.utils.logging.get_verbosity(), datasets.is_progress_bar_enabled()
+    hub_bars_disabled = hub.are_progress_bars_disabled()
     below_error = _BelowError()
     loggers = [logging.getLogger(name) for name in LIBRARY_LOGGERS]
     for library_logger in loggers:
@@ -58,20 +58,11 @@ def quiet_libraries(verbose: bool = False) -> Iterator[None]:
     finally:
         for library_logger in loggers:
             library_logger.removeFilter(below_error)
-        _restore(saved)
-
-
-def _restore(saved: tuple) -> None:
-    import datasets
-    import huggingface_hub.utils as hub
-    import transformers.utils.logging as hf_logging
-
-    hf_verbosity, hf_bars, datasets_verbosity, datasets_bars, hub_bars_disabled = saved
-    hf_logging.set_verbosity(hf_verbosity)
-    hf_logging.enable_progress_bar() if hf_bars else hf_logging.disable_progress_bar()
-    datasets.utils.logging.set_verbosity(datasets_verbosity)
-    datasets.enable_progress_bars() if datasets_bars else datasets.disable_progress_bars()
-    hub.disable_progress_bars() if hub_bars_disabled else hub.enable_progress_bars()
+        hf_logging.set_verbosity(hf_verbosity)
+        hf_logging.enable_progress_bar() if hf_bars else hf_logging.disable_progress_bar()
+        datasets.utils.logging.set_verbosity(datasets_verbosity)
+        datasets.enable_progress_bars() if datasets_bars else datasets.disable_progress_bars()
+        hub.disable_progress_bars() if hub_bars_disabled else hub.enable_progress_bars()
 
 
 @contextmanager
@@ -89,7 +80,7 @@ def is_silent() -> bool:
 
 
 def format_value(name: str, value) -> str:
-    if isinstance(value, bool) or isinstance(value, int):
+    if isinstance(value, int):  # bools too
         return str(value)
     if name == "learning_rate":
         return f"{value:.1e}"
@@ -189,3 +180,13 @@ def use_console(trainer, report_metrics: Sequence[str] = (), verbose: bool = Fal
 def progress_options(desc: str) -> dict:
     """`TransformersGenerator` keyword arguments for a generation bar labelled `desc` (none when silent)."""
     return {"show_progress": not is_silent(), "progress_desc": desc}
+
+
+def resumed_bar(label: str | None, reused: int, what: str, cache, remaining: int):
+    """A tqdm bar labelled `label` for the `remaining` items a cache did not hold, after a line saying how many
+    `what` the `cache` served (no line and no bar without a label, no bar with nothing remaining)."""
+    from tqdm.auto import tqdm
+
+    if label and reused:
+        print(f"{label}: reused {reused} cached {what} from {cache}", flush=True)
+    return tqdm(total=remaining, desc=label, disable=label is None or not remaining)

@@ -17,6 +17,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from posttrain.console import resumed_bar
 from posttrain.errors import UsageError
 from posttrain.io import ResumableJsonl
 from posttrain.preference_scale import MODEL_WINS, REFERENCE_WINS, TIE, sigmoid
@@ -77,10 +78,9 @@ class RewardModelJudge(_Judge):
     def from_pretrained(cls, name_or_path: str, **kwargs) -> RewardModelJudge:
         from transformers import AutoModelForSequenceClassification
 
-        from posttrain.models import _check_local_or_hub, load_tokenizer
+        from posttrain.models import load_tokenizer
 
-        tokenizer = load_tokenizer(name_or_path)
-        _check_local_or_hub(name_or_path)
+        tokenizer = load_tokenizer(name_or_path)  # a missing local path stops here, in one line
         try:
             model = AutoModelForSequenceClassification.from_pretrained(name_or_path, num_labels=1)
         except OSError as err:
@@ -196,14 +196,10 @@ def annotate_cached(judge: PairwiseJudge, instructions: Sequence[str], reference
     judged again, and each batch is appended as it is judged. Returns {key, preference, swapped, raw} per example.
     A batch gets gold `answers` only where every example in it has one. With `progress` (a label), says how many
     annotations the cache served and draws a bar for the rest."""
-    from tqdm.auto import tqdm
-
     keys = [annotation_key(judge_config, i, r, o) for i, r, o in zip(instructions, references, outputs, strict=True)]
     store = ResumableJsonl(cache, key=lambda record: record["key"])
     todo = [i for i, key in enumerate(keys) if key not in store.done]
-    if progress and len(todo) < len(keys):
-        print(f"{progress}: reused {len(keys) - len(todo)} cached annotations from {cache}", flush=True)
-    with tqdm(total=len(todo), desc=progress, disable=progress is None or not todo) as bar:
+    with resumed_bar(progress, len(keys) - len(todo), "annotations", cache, len(todo)) as bar:
         for start in range(0, len(todo), batch_size):
             batch = todo[start:start + batch_size]
             gold = None if answers is None else [answers[i] for i in batch]

@@ -129,9 +129,6 @@ def check_model_path(name_or_path: str, key: str = "model") -> None:
         raise UsageError(f"{key} path {name_or_path!r} does not exist; pass an existing model folder or a hub id")
 
 
-_check_local_or_hub = check_model_path  # the name posttrain.judges imports
-
-
 def load_tokenizer(name_or_path: str, revision: str | None = None, trust_remote_code: bool = False):
     from transformers import AutoTokenizer
 

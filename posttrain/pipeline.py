@@ -26,7 +26,7 @@ from posttrain.io import atomic_write_json, read_json
 RECORD = ".done.json"
 
 
-def _as_json(value: Any) -> Any:
+def as_json(value: Any) -> Any:
     """`value` as it reads back from a JSON file (paths become strings, tuples lists)."""
     return json.loads(json.dumps(value, default=str))
 
@@ -37,7 +37,7 @@ def completed(stage_dir: str | os.PathLike, fingerprint: Any = None) -> dict | N
     if not path.is_file():
         return None
     record = read_json(path)
-    if fingerprint is not None and record.get("fingerprint") != _as_json(fingerprint):
+    if fingerprint is not None and record.get("fingerprint") != as_json(fingerprint):
         return None
     return record
 
@@ -52,7 +52,7 @@ def begin(stage_dir: str | os.PathLike, fingerprint: Any = None, rerun: bool = F
 
 def finish(stage_dir: str | os.PathLike, result: Any, fingerprint: Any = None, seconds: float | None = None) -> dict:
     """Record the stage as finished (call after its outputs are written); return the record as stored."""
-    record = {"result": _as_json(result), "fingerprint": _as_json(fingerprint),
+    record = {"result": as_json(result), "fingerprint": as_json(fingerprint),
               "seconds": None if seconds is None else round(seconds, 1), "finished_at": time.time()}
     atomic_write_json(Path(stage_dir) / RECORD, record)
     return record

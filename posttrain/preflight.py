@@ -1,5 +1,6 @@
-"""Checks that run before the run folder is touched and before any weights load: paths, LoRA target modules,
-and whether the data's format suits the model's chat template. Each mistake is one `UsageError` line."""
+"""Checks that run before the run folder is touched and before any weights load: paths, QLoRA's requirements, the
+reference-cache folder, LoRA target modules (`preflight`), and whether the data's format suits the model's chat
+template (`check_data_format`, once the data and tokenizer are loaded). Each mistake is one `UsageError` line."""
 
 from __future__ import annotations
 

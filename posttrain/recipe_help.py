@@ -137,14 +137,13 @@ def method_keys(method: Method) -> str:
 
 
 def _commented(field: dataclasses.Field) -> str:
-    return f"# {field.name}: {yaml_value(_default(field))}  # {short_help(field, 70)}".rstrip(" #")
+    return f"# {field.name}: {yaml_value(_default(field))}  # {short_help(field)}".rstrip(" #")
 
 
 def template(method: Method, cpu_only: bool) -> str:
     """A starter recipe: the required keys with placeholders, common keys commented with their defaults. With
     `cpu_only`, the settings a machine without a CUDA GPU needs are set."""
     fields = {f.name: (owner, f) for owner, group in key_groups(method) for f in group}
-    skip = {*REQUIRED_KEYS, *(CPU_KEYS if cpu_only else ())}
     own = [name for name, (owner, _) in fields.items() if owner.__module__.startswith("posttrain.trainers")]
     sections = [("Data and evaluation", [n for n, (owner, _) in fields.items() if owner is RunArguments]),
                 (f"{method.name} settings", [*own, *COMMON_METHOD_KEYS]), ("Training", COMMON_TRAINING_KEYS),
@@ -157,7 +156,7 @@ def template(method: Method, cpu_only: bool) -> str:
     if cpu_only:
         lines += ["", "# No CUDA GPU was visible when this file was written; delete these two lines on a GPU machine."]
         lines += [f"{key}: {yaml_value(value)}" for key, value in CPU_KEYS.items()]
-    shown = set(skip)
+    shown = {*REQUIRED_KEYS, *(CPU_KEYS if cpu_only else ())}  # keys already set above
     for title, names in sections:
         names = [name for name in dict.fromkeys(names) if name in fields and name not in shown]
         shown.update(names)

@@ -1,22 +1,29 @@
-"""Resuming across topologies: know what launch saved a checkpoint, and refuse or adapt when this one differs.
+"""Resuming a run: across topologies, from an intact checkpoint, with whole-run counts and this run's settings.
+
+Topologies: know what launch saved a checkpoint, and refuse or adapt when this one differs.
 
 A DeepSpeed ZeRO checkpoint holds one optimizer shard per process, so it loads only under the same ZeRO stage and
 process count. Plain (DDP or single-process) checkpoints hold one full optimizer state and load under any process
 count. Without a check, transformers quietly resumes a ZeRO checkpoint under a plain launch with a fresh optimizer
 and a restarted learning-rate schedule; here the user either gets a one-line error saying what to do, or asks for
 that explicitly with `reset_optimizer_on_resume: true`, in which case the schedule is restored too.
+
+Also here: a damaged checkpoint is named before anything loads (`check_checkpoint_intact`), TRL's token count
+continues across a resume, transformers' false "missing tied weights" warning is dropped, and a rerun's changed
+settings and logging/save intervals apply from the resumed step on.
 """
 
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from posttrain.errors import UsageError
+from posttrain.io import read_json
 
 TOPOLOGY_FILE = "posttrain_topology.json"
+_WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "adapter_model.safetensors")
 _ZERO_SHARD = re.compile(r"zero_pp_rank_(\d+)_mp_rank_\d+_optim_states\.pt$")
 
 
@@ -41,7 +48,7 @@ def saved_topology(checkpoint: str | Path) -> Topology:
     checkpoint = Path(checkpoint)
     record = checkpoint / TOPOLOGY_FILE
     if record.is_file():
-        return Topology(**json.loads(record.read_text()))
+        return Topology(**read_json(record))
     latest = checkpoint / "latest"
     if latest.is_file():
         shards = [p for p in (checkpoint / latest.read_text().strip()).glob("*") if _ZERO_SHARD.search(p.name)]
@@ -71,8 +78,7 @@ def check_resume(checkpoint: str, accelerator, reset_optimizer: bool) -> bool:
         raise UsageError(f"{what}, so its optimizer shards cannot be loaded; {relaunch}, or add "
                          f"--reset_optimizer_on_resume true to continue from its weights, step and learning-rate "
                          f"schedule with a fresh optimizer state")
-    if not any((Path(checkpoint) / name).is_file() for name in
-               ("model.safetensors", "model.safetensors.index.json", "adapter_model.safetensors")):
+    if not any((Path(checkpoint) / name).is_file() for name in _WEIGHT_FILES):
         raise UsageError(f"{what}, and it holds only ZeRO shards (no full weights); {relaunch}, or save full weights "
                          f"with zero3_save_16bit_model: true in the accelerate config")
     return True
@@ -111,7 +117,7 @@ def restore_schedule_callback(checkpoint: str):
 
     from transformers import TrainerCallback
 
-    step = json.loads((Path(checkpoint) / "trainer_state.json").read_text())["global_step"]
+    step = checkpoint_step(checkpoint)
 
     class RestoreSchedule(TrainerCallback):
         def on_train_begin(self, args, state, control, lr_scheduler=None, **kwargs):
@@ -125,7 +131,9 @@ def restore_schedule_callback(checkpoint: str):
     return RestoreSchedule()
 
 
-_WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "adapter_model.safetensors")
+def checkpoint_step(checkpoint: str | Path) -> int:
+    """The global step `checkpoint` was saved at (its trainer_state.json)."""
+    return read_json(Path(checkpoint) / "trainer_state.json")["global_step"]
 
 
 def _checkpoint_problem(checkpoint: Path) -> str | None:
@@ -136,8 +144,7 @@ def _checkpoint_problem(checkpoint: Path) -> str | None:
     from safetensors import safe_open
 
     try:
-        step = json.loads((checkpoint / "trainer_state.json").read_text(encoding="utf-8"))["global_step"]
-        if not isinstance(step, int):
+        if not isinstance(checkpoint_step(checkpoint), int):
             return "trainer_state.json has no step"
     except FileNotFoundError:
         return "trainer_state.json is missing"
@@ -163,13 +170,13 @@ def check_checkpoint_intact(checkpoint: str) -> int:
     if problem:
         raise UsageError(f"checkpoint {checkpoint} cannot be resumed: {problem}; delete that folder to resume from "
                          f"the previous checkpoint, or pass --auto_resume false to start the run over")
-    return json.loads((Path(checkpoint) / "trainer_state.json").read_text(encoding="utf-8"))["global_step"]
+    return checkpoint_step(checkpoint)
 
 
 def restore_token_count(trainer, checkpoint: str) -> None:
     """TRL's trainers count `num_tokens` from zero in every `train()` call; continue the count the checkpoint logged,
     so the logged total covers the whole run."""
-    history = json.loads((Path(checkpoint) / "trainer_state.json").read_text(encoding="utf-8")).get("log_history", [])
+    history = read_json(Path(checkpoint) / "trainer_state.json").get("log_history", [])
     counts = [entry["num_tokens"] for entry in history if "num_tokens" in entry]
     if counts and hasattr(trainer, "_total_train_tokens"):
         trainer._total_train_tokens = counts[-1]

@@ -11,7 +11,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from pathlib import Path
@@ -21,6 +20,7 @@ import yaml
 
 from posttrain.errors import UsageError
 from posttrain.io import append_jsonl, atomic_write_json, atomic_write_text, read_json, read_jsonl, write_jsonl
+from posttrain.pipeline import as_json, completed
 from posttrain.recipe import Recipe, redact
 
 METRICS_FILE = "metrics.jsonl"
@@ -59,16 +59,9 @@ def affects_training(key: str) -> bool:
     return key not in NON_TRAINING_FIELDS and not key.startswith(NON_TRAINING_PREFIXES)
 
 
-def _as_recorded(settings: dict[str, Any]) -> dict[str, Any]:
-    """`settings` as run_config.json stores them."""
-    return json.loads(json.dumps(settings, default=str))
-
-
 def previous_settings(run_dir: str | os.PathLike, checkpoint: str | None) -> dict[str, Any] | None:
     """The settings the run to be resumed trained with: those beside `checkpoint` (or in `run_dir` when the run
     finished), or None when nothing was trained or they were not recorded."""
-    from posttrain.pipeline import completed
-
     folder = Path(checkpoint).parent if checkpoint else Path(run_dir) if completed(run_dir) else None
     if folder is None or not (folder / CONFIG_FILE).is_file():
         return None
@@ -77,7 +70,7 @@ def previous_settings(run_dir: str | os.PathLike, checkpoint: str | None) -> dic
 
 def training_changes(old: dict[str, Any], recipe: Recipe) -> dict[str, tuple[Any, Any]]:
     """The fields that affect training and differ between `old` and `recipe`: key -> (old, new)."""
-    new = _as_recorded(recipe.resolved())
+    new = as_json(recipe.resolved())  # as run_config.json stores them
     return {key: (old.get(key), new.get(key)) for key in sorted(set(old) | set(new))
             if affects_training(key) and old.get(key) != new.get(key)}
 
@@ -184,9 +177,9 @@ def metrics_callback(run_dir: str | os.PathLike):
 
         def on_train_begin(self, args, state, control, **kwargs):
             self.start_step, self.began = state.global_step, time.monotonic()
-            saved = state.stateful_callbacks.get(type(self).__name__, {}) if state.global_step else {}
-            self.seconds_before = saved.get("attributes", {}).get("seconds_before", 0.0) if isinstance(saved, dict) \
-                else 0.0
+            saved = state.stateful_callbacks.get(type(self).__name__) if state.global_step else None
+            attributes = saved.get("attributes", {}) if isinstance(saved, dict) else {}
+            self.seconds_before = attributes.get("seconds_before", 0.0)
             if state.is_world_process_zero:
                 _keep_steps_up_to(path, state.global_step)
 
@@ -197,9 +190,10 @@ def metrics_callback(run_dir: str | os.PathLike):
                 if state.global_step == self.start_step:
                     return  # rerun of a finished run: TRL logs a 0.0 summary for zero steps; keep the real one
                 # in place, so the console and `train()`'s returned metrics report the whole run too
+                logs["train_runtime"] = round(self.runtime(), 4)
                 loss = whole_run_loss(path)
-                logs.update(train_runtime=round(self.runtime(), 4), train_loss=logs["train_loss"] if loss is None
-                            else loss)
+                if loss is not None:
+                    logs["train_loss"] = loss
             append_jsonl(path, {"step": state.global_step, "epoch": state.epoch, **logs})
 
     return MetricsJsonlCallback()

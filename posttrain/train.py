@@ -13,7 +13,7 @@ from pathlib import Path
 from posttrain.console import print_summary, progress_options, quiet_libraries, use_console
 from posttrain.data import load_any_dataset, tokenizer_corpus, validate_columns
 from posttrain.errors import UsageError
-from posttrain.io import file_modes_callback, restore_umask_modes
+from posttrain.io import atomic_write_json, file_modes_callback, restore_umask_modes
 from posttrain.models import load_causal_lm, load_tokenizer, make_tiny_model
 from posttrain.preflight import check_data_format, preflight
 from posttrain.recipe import Recipe, parse_recipe
@@ -24,6 +24,7 @@ from posttrain.resume import (
     batch_change_note,
     check_checkpoint_intact,
     check_resume,
+    checkpoint_step,
     current_intervals_callback,
     current_topology,
     restore_schedule_callback,
@@ -169,19 +170,21 @@ def _checkpoint_to_resume(recipe: Recipe, run_dir: Path) -> str | None:
     return resume
 
 
-def _settings_changes(recipe: Recipe, run_dir: Path, resume: str | None) -> dict:
-    """The training settings that differ from those the resumed (or finished) run trained with; a rerun that
-    changes them without `--continue_with_changes true` is refused (`posttrain.runs.check_rerun`)."""
+def _settings_changes(recipe: Recipe, run_dir: Path, resume: str | None) -> tuple[dict | None, dict]:
+    """The settings the resumed (or finished) run trained with (None when there are none), and the training
+    settings that differ from them; a rerun that changes them without `--continue_with_changes true` is refused
+    (`posttrain.runs.check_rerun`)."""
     old = previous_settings(run_dir, resume) if resume or recipe.run.auto_resume else None
-    return check_rerun(run_dir, old, recipe) if old is not None else {}
+    return old, check_rerun(run_dir, old, recipe) if old is not None else {}
 
 
-def _record_settings_history(recipe: Recipe, run_dir: Path, resume: str | None, changes: dict) -> None:
+def _record_settings_history(recipe: Recipe, run_dir: Path, resume: str | None, old: dict | None,
+                             changes: dict) -> None:
+    """Main process: recipe_history.jsonl keeps the steps up to `resume` and gains `old` when settings changed."""
     from accelerate import PartialState
 
     if PartialState(cpu=bool(recipe.training.use_cpu)).is_main_process:
-        old = previous_settings(run_dir, resume) if changes else None
-        record_settings_change(run_dir, old, changes, check_checkpoint_intact(resume) if resume else 0)
+        record_settings_change(run_dir, old, changes, checkpoint_step(resume) if resume else 0)
 
 
 @contextmanager
@@ -204,17 +207,16 @@ def train(recipe: Recipe, callbacks: list | None = None) -> Path:
 def _train(recipe: Recipe, callbacks: list | None) -> Path:
     from posttrain.evaluation.report import run_setup, write_report
     from posttrain.guards import StopOnNonFinite, stop_on_signal
-    from posttrain.io import atomic_write_json
     from posttrain.pipeline import finish
 
     run_dir = Path(recipe.training.output_dir)
     preflight(recipe)  # paths and LoRA targets, before any file is written or any weights load
     resume = _checkpoint_to_resume(recipe, run_dir)
-    changes = _settings_changes(recipe, run_dir, resume)  # before any model loads or any file is rewritten
+    old, changes = _settings_changes(recipe, run_dir, resume)  # before any model loads or any file is rewritten
     if _already_complete(recipe, run_dir):
         print(f"posttrain: {run_dir} already finished; nothing to do (--auto_resume false starts over)")
         return run_dir
-    _record_settings_history(recipe, run_dir, resume, changes)
+    _record_settings_history(recipe, run_dir, resume, old, changes)
     trainer = build_trainer(recipe, [*(callbacks or []), StopOnNonFinite()])
     if resume:
         restore_token_count(trainer, resume)
@@ -273,7 +275,7 @@ def _eval_section(evaluation: dict) -> str:
 
 
 def main(argv: list[str]) -> Path | None:
-    if "--config" not in " ".join(argv) and not argv:
+    if not argv:
         raise UsageError("usage: posttrain train --config <recipe.yaml> [--key value ...] (posttrain train --help)")
     if wants_help(argv):
         print(train_help(argv))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import codecs
+import itertools
 import logging
 from pathlib import Path
 
@@ -36,7 +37,7 @@ def first_non_utf8_byte(path: str | Path) -> tuple[int, int] | None:
     decoder = codecs.getincrementaldecoder("utf-8")()
     fed = 0
     with open(path, "rb") as handle:
-        for chunk in [*iter(lambda: handle.read(1 << 20), b""), b""]:
+        for chunk in itertools.chain(iter(lambda: handle.read(1 << 20), b""), [b""]):  # b"": flush the decoder
             start = fed - len(decoder.getstate()[0])  # offset of the decoder's buffered bytes + this chunk
             try:
                 decoder.decode(chunk, final=not chunk)
@@ -50,7 +51,7 @@ def check_utf8(path: Path) -> None:
     """JSON and CSV files must be UTF-8 (pyarrow reads some invalid bytes silently and fails on others)."""
     files = sorted(path.rglob("*")) if path.is_dir() else [path]
     for file in files:
-        bad = first_non_utf8_byte(file) if file.suffix in _TEXT_SUFFIXES else None
+        bad = first_non_utf8_byte(file) if file.suffix in _TEXT_SUFFIXES and file.is_file() else None
         if bad:
             raise UsageError(not_utf8("dataset file", str(file), *bad))
 
@@ -103,8 +104,6 @@ def _parse_local(path: Path, load):
     datasets_logger.setLevel(logging.CRITICAL)
     try:
         return load()
-    except UsageError:
-        raise
     except Exception as err:  # pyarrow, pandas and datasets raise many types for a malformed file
         raise _unreadable(path, err) from None
     finally:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from posttrain.console import quiet_libraries
 from posttrain.errors import OneLineArgumentParser, exit_on_usage_error
 from posttrain.evaluation.loglikelihood import BACKENDS
 from posttrain.evaluation.mmlu import check_options, evaluate_mmlu
@@ -57,8 +58,6 @@ def parse_args(argv: list[str]):
 
 def run(args) -> dict:
     """`evaluate_mmlu` with the parsed arguments, libraries quiet unless --verbose; returns the results."""
-    from posttrain.console import quiet_libraries
-
     options = {key: value for key, value in vars(args).items() if key != "verbose"}
     with quiet_libraries(args.verbose):
         return evaluate_mmlu(**options, progress=True)

@@ -18,6 +18,7 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
+from posttrain.console import quiet_libraries
 from posttrain.errors import OneLineArgumentParser, UsageError, exit_on_usage_error
 from posttrain.evaluation.winrate import avg_length, winrate_metrics
 from posttrain.io import atomic_write_json, read_json_list
@@ -166,13 +167,13 @@ def plan_outputs(rows: list[dict], source: str | None, path: str | None, what: s
 
 def _fitted_max_new_tokens(source: str, rows: list[dict], requested: int) -> int:
     """--max_new_tokens, capped at what `source`'s context leaves after the longest prompt."""
-    from posttrain.generation.context import context_window, fit_max_new_tokens, prompt_lengths
+    from posttrain.generation.context import context_window, fit_max_new_tokens, longest_prompt_tokens
     from posttrain.models import load_tokenizer
 
     context = context_window(source)
     if context is None:
         return requested
-    longest = max(prompt_lengths(load_tokenizer(source), [r["prompt"] for r in rows]), default=0)
+    longest = longest_prompt_tokens(load_tokenizer(source), [r["prompt"] for r in rows])
     return fit_max_new_tokens(requested, context, longest, source)
 
 
@@ -203,7 +204,7 @@ def check_gold_answers(judge, rows: list[dict], spec: str) -> None:
 def check_judge_fits(judge, rows: list[dict], model: Outputs, reference: Outputs) -> None:
     """An LLM judge's longest prompt, each output still to generate counted at its max_new_tokens, plus its one answer
     token, must fit the judge model's context. Checked before anything is generated or judged."""
-    from posttrain.generation.context import context_window, prompt_lengths
+    from posttrain.generation.context import context_window, longest_prompt_tokens
     from posttrain.judges import LLMJudge
     from posttrain.models import load_tokenizer
 
@@ -213,7 +214,7 @@ def check_judge_fits(judge, rows: list[dict], model: Outputs, reference: Outputs
         return
     prompts = [judge.prompt(r["instruction"], reference.text(k), model.text(k)) for k, r in enumerate(rows)]
     to_generate = model.max_new_tokens + reference.max_new_tokens
-    longest = max(prompt_lengths(load_tokenizer(source), prompts), default=0) + to_generate + 1
+    longest = longest_prompt_tokens(load_tokenizer(source), prompts) + to_generate + 1
     if longest > context:
         fix = "lower --max_new_tokens, " if to_generate else ""
         raise UsageError(f"the LLM judge's prompt can reach {longest} tokens ({longest} > {context}), more than the "
@@ -341,8 +342,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 def run(argv: list[str] | None = None) -> dict:
     """Parse `argv`, run the chosen mode and return the metrics (bad input raises UsageError)."""
-    from posttrain.console import quiet_libraries
-
     args = build_parser().parse_args(argv)
     if args.annotations is not None:
         return score_annotations(args)

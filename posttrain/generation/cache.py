@@ -15,6 +15,7 @@ import inspect
 import json
 import os
 
+from posttrain.console import resumed_bar
 from posttrain.errors import UsageError
 from posttrain.generation.types import Completion, Generator, SamplingParams
 from posttrain.io import ResumableJsonl
@@ -60,19 +61,15 @@ def generate_cached(generator: Generator, prompts: list, params: SamplingParams,
     `generate` takes `on_result` stream every finished prompt; others are called `chunk_size` prompts at a time.
     With `progress` (a label), says how many generations the cache served and draws a bar for the rest.
     """
-    from tqdm.auto import tqdm
-
     model_id = model_id or getattr(generator, "model_id", None)
     if not model_id:
         raise UsageError("generate_cached needs a model_id (the generator has none): pass model_id='<model name>'")
     cache = open_cache(cache_path, params, model_id)
     done = cached_completions(cache, prompts)
     missing = [i for i in range(len(prompts)) if i not in done]
-    if progress and done:
-        print(f"{progress}: reused {len(done)} cached generations from {cache_path}", flush=True)
+    bar = resumed_bar(progress, len(done), "generations", cache_path, len(missing))
     if missing:
         config = config_sha(params, model_id)
-        bar = tqdm(total=len(missing), desc=progress, disable=progress is None)
 
         def record(local_index: int, completions: list[Completion]) -> None:
             index = missing[local_index]

@@ -18,9 +18,10 @@ def context_window(source: str) -> int | None:
     return getattr(config.get_text_config(), "max_position_embeddings", None)
 
 
-def prompt_lengths(tokenizer, prompts) -> list[int]:
-    """Tokens per prompt as the generators encode it (chat template with the generation prompt)."""
-    return [len(encode_prompt(tokenizer, prompt)) for prompt in prompts]
+def longest_prompt_tokens(tokenizer, prompts) -> int:
+    """Tokens in the longest prompt as the generators encode it (chat template with the generation prompt); 0 for
+    none."""
+    return max((len(encode_prompt(tokenizer, prompt)) for prompt in prompts), default=0)
 
 
 def fit_max_new_tokens(requested: int, context: int | None, longest_prompt: int, model: str) -> int:

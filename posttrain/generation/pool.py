@@ -20,7 +20,9 @@ class ModelPool:
         """The generator for `source` (a model path or hub id), loading it if another one is loaded."""
         if source != self.source:
             self.close()
-            options = {"batch_size": self.batch_size} if self.backend == "transformers" else {}
+            # Transformers draws no bar by default, vLLM does: the callers' `generate_cached` and `annotate_cached`
+            # draw a labelled one instead.
+            options = {"batch_size": self.batch_size} if self.backend == "transformers" else {"show_progress": False}
             self.generator, self.source = load_generator(source, self.backend, **options), source
         return self.generator
 

@@ -126,7 +126,7 @@ def load_logps(path: Path) -> dict:
     return load_file(str(path))
 
 
-def cache_file_problem(path: Path, names: list[str], rows: int) -> tuple[dict | None, str | None]:
+def read_cache_file(path: Path, names: list[str], rows: int) -> tuple[dict | None, str | None]:
     """(log-probs, None) from a sound cache file, or (None, what is wrong) for one that cannot serve `rows` rows of
     the sequences `names`: cut short, not safetensors, other names or other lengths."""
     from safetensors import SafetensorError
@@ -207,7 +207,7 @@ class SequenceLogpsCacheMixin:
         rewritten once computed: the cache is ours, so a bad entry is recomputed rather than fatal)."""
         if not path.exists():
             return None
-        logps, problem = cache_file_problem(path, [s.name for s in self.sequences], rows)
+        logps, problem = read_cache_file(path, [s.name for s in self.sequences], rows)
         if problem:
             self.accelerator.print(f"posttrain: ignoring the damaged cache file {path} ({problem}); computing the "
                                    f"log-probs again and replacing it")
