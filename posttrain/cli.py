@@ -1,4 +1,4 @@
-"""`posttrain train|eval|export|demo|methods|tiny-model|data|eval-task`: thin wrappers over the library."""
+"""`posttrain train|eval|export|generate|demo|methods|tiny-model|data|eval-task`: thin wrappers over the library."""
 
 from __future__ import annotations
 
@@ -68,12 +68,19 @@ def _eval_task(args) -> None:
     print(json.dumps({k: v for k, v in result.items() if k != "examples"}, indent=2))
 
 
-def _demo(args) -> None:
-    if args.which == "rpo":
-        from posttrain.demo_rpo import run_rpo_comparison
+# `posttrain demo <which>`: a method's own comparison -> (its function, its default output folder).
+DEMO_COMPARISONS = {"rpo": ("posttrain.demo_rpo:run_rpo_comparison", "runs/demo-rpo"),
+                    "srpo": ("posttrain.demo_srpo:run_srpo_comparison", "runs/demo-srpo"),
+                    "dypo": ("posttrain.demo_dypo:run_dypo_comparison", "runs/demo-dypo")}
 
-        output = args.output if args.output != "runs/demo" else "runs/demo-rpo"
-        run_rpo_comparison(output, tuple(args.seeds))
+
+def _demo(args) -> None:
+    if args.which in DEMO_COMPARISONS:
+        from posttrain.registry import import_string
+
+        function, default_output = DEMO_COMPARISONS[args.which]
+        output = args.output if args.output != "runs/demo" else default_output
+        import_string(function)(output, tuple(args.seeds))
         with open(f"{output}/report.md") as report:
             print(report.read())
         return
@@ -92,6 +99,8 @@ def build_parser() -> argparse.ArgumentParser:
     commands.add_parser("eval", help=f"evaluate: posttrain eval {{{','.join(EVALUATIONS)}}} --help", add_help=False)
     commands.add_parser("export", add_help=False, help="plain HF checkpoint from a LoRA run (--merge-lora) or a "
                         "DeepSpeed ZeRO checkpoint: posttrain export <run-or-checkpoint> --output <dir>")
+    commands.add_parser("generate", add_help=False, help="resumable AlpacaEval-format outputs of a model; "
+                        "--revisions N: SRPO self-revision rounds: posttrain generate --help")
     commands.add_parser("methods", help="list registered methods").set_defaults(func=_methods)
     recipe = commands.add_parser("recipe", help="every recipe key of a method with its default and help; "
                                                 "--template: a commented starter recipe")
@@ -120,8 +129,10 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.set_defaults(func=_eval_task)
     demo = commands.add_parser("demo", help="proving-ground demo: tiny model -> SFT -> every preference method and "
                                             "an SFT-on-chosen control -> one table; `demo rpo`: DPO vs RPO "
-                                            "(3 normalisations) vs SFT-on-chosen")
-    demo.add_argument("which", nargs="?", default="all", choices=["all", "rpo"])
+                                            "(3 normalisations) vs SFT-on-chosen; `demo srpo`: win rate by "
+                                            "revision, in and out of distribution; `demo dypo`: DYPO vs GRPO vs "
+                                            "SFT on teacher traces vs one-teacher DYPO")
+    demo.add_argument("which", nargs="?", default="all", choices=["all", *DEMO_COMPARISONS])
     demo.add_argument("--output", default="runs/demo")
     demo.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     demo.set_defaults(func=_demo)
@@ -129,7 +140,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 # `posttrain eval <name> ...` forwards the rest of the command line to that evaluation's own parser.
-FORWARDED = {"train": "posttrain.train:main", "export": "posttrain.export:main"}
+FORWARDED = {"train": "posttrain.train:main", "export": "posttrain.export:main",
+             "generate": "posttrain.generation.generate_cli:main"}
 EVALUATIONS = {
     "winrate": "posttrain.evaluation.winrate_cli:main",
     "mmlu": "posttrain.evaluation.mmlu_cli:main",

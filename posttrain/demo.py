@@ -27,7 +27,7 @@ from posttrain.io import atomic_write_json, atomic_write_text, read_json, write_
 from posttrain.models import load_causal_lm, load_tokenizer, make_tiny_model
 from posttrain.pipeline import Pipeline
 from posttrain.recipe import load_recipe
-from posttrain.registry import METHODS, get_method
+from posttrain.registry import METHODS, get_method, import_string
 from posttrain.train import train
 
 REPO = Path(__file__).resolve().parents[1]
@@ -146,8 +146,15 @@ class SeedStages:
         return rows
 
 
+def _imported_stage(stages: SeedStages, path: str) -> dict:
+    """A stage defined in a module that imports this one (`module:function`), imported only when it runs."""
+    return import_string(path)(stages)
+
+
 # method name -> its demo stage, for methods whose demo needs other data than the seed's on-policy pairs.
-CUSTOM_STAGES: dict[str, Callable[[SeedStages], dict]] = {}
+CUSTOM_STAGES: dict[str, Callable[[SeedStages], dict]] = {
+    "dypo": partial(_imported_stage, path="posttrain.demo_dypo:demo_stage"),  # verifiable prompts, teacher traces
+}
 
 
 def demo_methods() -> dict[str, Callable[[SeedStages], dict]]:

@@ -53,3 +53,116 @@ def rpo_loss(chosen_logps: torch.Tensor, rejected_logps: torch.Tensor, ref_chose
     dpo = dpo_loss(chosen_logps, rejected_logps, ref_chosen_logps, ref_rejected_logps, beta)
     sft = sft_loss(chosen_token_logps, chosen_mask, normalization)
     return dpo + rpo_sft_weight(eta, beta, normalization) * sft, dpo, sft
+
+
+# --- SRPO (docs/methods.md §2) ---------------------------------------------------------------------------------------
+# The six sequences of a pair (x, y_w, y_l): `<completion>` is given x alone, `<completion>_given_<draft>` is given x
+# and the draft inside the revision template.
+SRPO_SEQUENCE_NAMES = ("chosen", "rejected", "chosen_given_rejected", "rejected_given_rejected",
+                       "chosen_given_chosen", "rejected_given_chosen")
+
+
+def srpo_loss(policy: dict[str, torch.Tensor], reference: dict[str, torch.Tensor], beta: float,
+              alpha: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """SRPO in the form of TRL pull request #1772 (not checked against the paper's equation; docs/methods.md §2).
+
+    `policy` and `reference` map the six `SRPO_SEQUENCE_NAMES` to (B,) summed log-probs. With R(a|b) the log-ratio
+    of a given the draft b and r(a) the log-ratio given x alone:
+    L_improve = (1/2 - beta*(R(y_w|y_l) - R(y_l|y_l)))^2 + (1/2 - beta*(R(y_w|y_w) - R(y_l|y_w)))^2,
+    L_gen = (beta*((R(y_w|y_l) + r(y_w)) - (R(y_l|y_w) + r(y_l))) - 1)^2, L = (1 - alpha)*L_gen + alpha*L_improve,
+    each averaged over the batch. Returns (L, L_gen, L_improve).
+    """
+    ratio = {name: policy[name] - reference[name] for name in SRPO_SEQUENCE_NAMES}
+    improve = ((0.5 - beta * (ratio["chosen_given_rejected"] - ratio["rejected_given_rejected"])) ** 2
+               + (0.5 - beta * (ratio["chosen_given_chosen"] - ratio["rejected_given_chosen"])) ** 2).mean()
+    gen = (beta * ((ratio["chosen_given_rejected"] + ratio["chosen"])
+                   - (ratio["rejected_given_chosen"] + ratio["rejected"])) - 1) ** 2
+    gen = gen.mean()
+    return (1 - alpha) * gen + alpha * improve, gen, improve
+
+
+# --- DYPO (docs/methods.md §4) ---------------------------------------------------------------------------------------
+ROUTE_EASY, ROUTE_HARD, ROUTE_MID = 0, 1, 2
+ROUTE_NAMES = ("easy", "hard", "mid")  # indexed by route
+GAL_PAIRINGS = ("all", "zip")
+DYPO_SFT_NORMALIZATIONS = ("sum", "mean")  # per-sequence, so a hard group's SFT term is its own (not batch-wide)
+
+
+def route_groups(rewards: torch.Tensor, correct: float = 1.0) -> torch.Tensor:
+    """DYPO's gate: (G, k) rollout rewards -> (G,) routes. A rollout is correct when its reward equals `correct`
+    exactly (the authors' code: the summed reward == 1; NaN, unscorable, is incorrect). Easy: all k correct;
+    hard: none; mid: mixed."""
+    num_correct = (rewards == correct).sum(dim=1)
+    routes = torch.full_like(num_correct, ROUTE_MID)
+    routes[num_correct == 0] = ROUTE_HARD
+    routes[num_correct == rewards.size(1)] = ROUTE_EASY
+    return routes
+
+
+def gal_pair_mask(success: torch.Tensor, pairing: str = "all") -> torch.Tensor:
+    """(..., k) success flags of a group -> (..., k, k) mask whose [s, f] is True for each (success s, failure f)
+    pair GAL uses. `all`: every success x failure pair (default; the paper does not say); `zip`: the j-th success
+    with the j-th failure in rollout order, min(S, F) pairs, each rollout in at most one pair."""
+    pairs = success[..., :, None] & ~success[..., None, :]
+    if pairing == "all":
+        return pairs
+    if pairing == "zip":
+        success_rank = success.long().cumsum(-1) - 1
+        failure_rank = (~success).long().cumsum(-1) - 1
+        return pairs & (success_rank[..., :, None] == failure_rank[..., None, :])
+    raise ValueError(f"unknown gal_pairing {pairing!r}; use one of {GAL_PAIRINGS}")
+
+
+def gal_loss(logps: torch.Tensor, success: torch.Tensor, beta: float, ref_logps: torch.Tensor | None = None,
+             pairing: str = "all") -> torch.Tensor:
+    """L_GAL of one group (docs/methods.md §4): `dpo_loss` over its (success, failure) pairs of summed rollout
+    log-probs; `ref_logps` None is the reference-free form (r = logp). 0 for a group without pairs."""
+    chosen, rejected = gal_pair_mask(success, pairing).nonzero(as_tuple=True)
+    if chosen.numel() == 0:
+        return logps.sum() * 0.0
+    ref = torch.zeros_like(logps) if ref_logps is None else ref_logps
+    return dpo_loss(logps[chosen], logps[rejected], ref[chosen], ref[rejected], beta)
+
+
+def gal_row_loss(delta: torch.Tensor, partner_delta: torch.Tensor, partner_mask: torch.Tensor, success: torch.Tensor,
+                 group_pairs: torch.Tensor, beta: float) -> torch.Tensor:
+    """Each rollout's share of its group's `gal_loss`, for a group whose rollouts are spread over micro-batches and
+    processes.
+
+    `delta` (B,): the rollout's r (logp - ref_logp, or logp), with grad; `partner_delta` (B, k): its group's r values,
+    without grad; `partner_mask` (B, k): the rollouts it is paired with; `success` (B,); `group_pairs` (B,): its
+    group's number of pairs. Value: half of each of its pairs' losses over `group_pairs`, so a group's rows sum to
+    `gal_loss`; gradient: all of `gal_loss`'s gradient with respect to this rollout's r (exact while the partners'
+    r are the current policy's). 0 for rows without partners.
+    """
+    sign = success.to(delta.dtype) * 2 - 1  # a failure's pair margin is r_partner - r_self
+    margins = sign[:, None] * (delta[:, None] - partner_delta)
+    pair_losses = -F.logsigmoid(beta * margins) * partner_mask.to(delta.dtype)
+    share = pair_losses.sum(dim=1) / group_pairs.clamp(min=1) / 2
+    return share + (share - share.detach())  # value: the share; gradient: doubled, the partner's half of each pair
+
+
+def dypo_mid_weights(alpha: float, contrastive_loss_coef: float | None = None) -> tuple[float, float]:
+    """(GRPO weight, GAL weight) on a mid group: the paper's mixture (alpha, 1 - alpha), or with
+    `contrastive_loss_coef` the authors' additive form L_GRPO + coef * L_GAL (docs/methods.md §4)."""
+    if contrastive_loss_coef is None:
+        return alpha, 1.0 - alpha
+    return 1.0, contrastive_loss_coef
+
+
+def dypo_loss(routes: torch.Tensor, grpo: torch.Tensor, gal: torch.Tensor, sft: torch.Tensor, alpha: float,
+              gamma: float, contrastive_loss_coef: float | None = None) -> torch.Tensor:
+    """DYPO's total over Q groups (docs/methods.md §4), from per-group (Q,) terms:
+    mean_q [1_hard * gamma * L_SFT + 1_mid * (w_grpo * L_GRPO + w_gal * L_GAL)]; easy groups add 0."""
+    w_grpo, w_gal = dypo_mid_weights(alpha, contrastive_loss_coef)
+    hard, mid = (routes == ROUTE_HARD).to(sft.dtype), (routes == ROUTE_MID).to(grpo.dtype)
+    return (hard * gamma * sft + mid * (w_grpo * grpo + w_gal * gal)).mean()
+
+
+def sequence_nll(token_logps: torch.Tensor, mask: torch.Tensor, normalization: str = "sum") -> torch.Tensor:
+    """(B,) per-sequence -logp: `sum` over tokens (the paper's L_SFT = -logp(tau|q)) or token `mean`; each row is
+    `sft_loss` of that row alone."""
+    if normalization not in DYPO_SFT_NORMALIZATIONS:
+        raise ValueError(f"unknown sft_normalization {normalization!r}; use one of {DYPO_SFT_NORMALIZATIONS}")
+    return torch.stack([sft_loss(token_logps[i:i + 1], mask[i:i + 1], normalization)
+                        for i in range(token_logps.size(0))]) if token_logps.size(0) else token_logps.sum(1)

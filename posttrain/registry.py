@@ -64,6 +64,18 @@ METHODS: dict[str, Method] = {
         Method("rpo", "posttrain.trainers.rpo:RPOConfig", "posttrain.trainers.rpo:RPOTrainer", "preference",
                "DPO + SFT regulariser on the chosen responses (Liu et al. 2024)",
                report_metrics=("loss/dpo", "loss/sft", *DPO_METRICS), toy_recipe="recipes/rpo/sort8_tiny_cpu.yaml"),
+        Method("srpo", "posttrain.trainers.srpo:SRPOConfig", "posttrain.trainers.srpo:SRPOTrainer", "preference",
+               "self-improving robust preference optimisation: generator and self-reviser (Choi et al. 2024)",
+               report_metrics=("loss/gen", "loss/improve", "rewards/revision_accuracies", "rewards/revision_margins",
+                               "rewards/gen_accuracies", *DPO_METRICS),
+               toy_recipe="recipes/srpo/sort8_tiny_cpu.yaml"),
+        Method("dypo", "posttrain.trainers.dypo:DYPOConfig", "posttrain.trainers.dypo:DYPOTrainer", "verifiable",
+               "GRPO gated per group: SFT on a teacher trace when all rollouts fail, GRPO + group alignment loss when "
+               "mixed (Zhu et al. 2026)",
+               construction_hook_path="posttrain.trainers.dypo_rewards:construction_hook",
+               report_metrics=("dypo/hard_share", "dypo/mid_share", "dypo/easy_share", "reward", "loss/grpo",
+                               "loss/gal", "loss/sft"),
+               toy_recipe="recipes/dypo/sort8_tiny_cpu.yaml"),
     ]
 }
 

@@ -4,6 +4,8 @@ A tiny model trained from scratch on CPU learns these in seconds to minutes, so 
 against its paper's claim without a hub (see `docs/methods.md §8` for the measurements behind the choice).
 
 * `sort<N>`: sort N random digits ("sort 38172049" -> "01234789"), exact-match judge.
+* `sort8-rep4`: the out-of-distribution split of sort8 (`OOD_TASKS`): each problem's 8 digits come from only 4
+  distinct ones, so answers are long runs of repeats ("sort 77337377" -> "33337777").
 * `facts`: synthetic biographies ("Vorel Tamsin lives in Pradu"), split into forget and retain sets for unlearning.
 
 Every example is a pure function of (task, split, seed, index), so datasets are reproducible byte for byte.
@@ -35,17 +37,20 @@ def assistant(content: str) -> list[dict]:
 
 @dataclass(frozen=True)
 class SortTask:
-    """Sort `num_digits` random digits. Train and test problems never overlap (test strings are held out)."""
+    """Sort `num_digits` random digits. Train and test problems never overlap (test strings are held out).
+    With `distinct`, each problem draws its digits from that many distinct digits (a shifted distribution)."""
 
     num_digits: int = 8
     test_size: int = 500
+    distinct: int | None = None
 
     @property
     def name(self) -> str:
-        return f"sort{self.num_digits}"
+        return f"sort{self.num_digits}" + (f"-rep{self.distinct}" if self.distinct else "")
 
     def _digits(self, rng: random.Random) -> str:
-        return "".join(rng.choice("0123456789") for _ in range(self.num_digits))
+        pool = rng.sample("0123456789", self.distinct) if self.distinct else "0123456789"
+        return "".join(rng.choice(pool) for _ in range(self.num_digits))
 
     def _test_set(self, seed: int) -> list[str]:
         rng = _rng(self.name, "test", seed)
@@ -150,7 +155,12 @@ TASKS: dict[str, SortTask | FactsTask] = {
     "sort8": SortTask(8),
     "sort10": SortTask(10),
     "facts": FactsTask(),
+    "sort8-rep4": SortTask(8, distinct=4),
 }
+# in-distribution task -> its out-of-distribution split. Greedy exact match of the demo's sort8 SFT models (seeds
+# 0/1, 0.55/0.52 in distribution): sort8-rep4 0.24/0.17 (its 500 test prompts), i.e. room to improve; on 300 draws
+# each, 3 distinct digits 0.14/0.07, digits 0-4 only 0.06/0.06, descending input 0.42/0.32, 7 or 9 digits 0/0.
+OOD_TASKS = {"sort8": "sort8-rep4"}
 
 
 def get_task(name: str) -> SortTask | FactsTask:
@@ -165,6 +175,8 @@ def tokenizer_corpus(seed: int = 0) -> list[str]:
     """Text covering every task's alphabet, for training the tiny tokenizer."""
     corpus = []
     for task in TASKS.values():
+        if task.name in OOD_TASKS.values():
+            continue  # evaluation-only splits add no text, so the tokenizer (and every tiny model) is unchanged
         if isinstance(task, SortTask):
             for digits in task.problems("train", 200, seed):
                 corpus += [task.prompt(digits), " ".join(task.answer(digits)) + " = " + task.answer(digits)]

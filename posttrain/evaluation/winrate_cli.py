@@ -4,7 +4,10 @@ Two modes:
   --annotations FILE       score existing AlpacaEval annotations (reproduces the published leaderboard numbers);
   generate and judge       outputs from --model or --model_outputs, and --reference or --reference_outputs, on
                            --instructions, judged by --judge rule:<task> | reward:<path> | llm:<path> |
-                           llm-openai:<base_url>#<model>.
+                           llm-openai:<base_url>#<model>;
+  --revisions_dir DIR      the same for every revision_<k>.json that `posttrain generate --revisions N` wrote:
+                           one folder per revision, and winrate_by_revision.{json,md,png} (also into the model's
+                           run report when it is a posttrain run).
 Writes, atomically, AlpacaEval formats into --output_dir: model_outputs.json, reference_outputs.json,
 annotations.json and leaderboard.json. Generations and annotations are cached as JSON lines there, so a rerun
 after a kill resumes where it stopped.
@@ -250,32 +253,47 @@ def judge_from_spec(spec: str, args, pool):
                            labels=labels, name=spec)  # annotate_cached draws the judging bar
 
 
-def generate_and_judge(args) -> dict:
+def pools_and_judge(args):
+    """(generation pool, judge pool, judge); the judge is built first, so a bad spec fails before any generation."""
     from posttrain.generation import ModelPool
-    from posttrain.judges import annotate_cached
 
-    output_dir = Path(args.output_dir)
     pool = ModelPool(args.backend, args.batch_size)
     judge_pool = pool if args.judge_backend in (None, args.backend) else ModelPool(args.judge_backend, args.batch_size)
-    judge = judge_from_spec(args.judge, args, judge_pool)  # fail fast on a bad spec, before any generation
+    return pool, judge_pool, judge_from_spec(args.judge, args, judge_pool)
+
+
+def generate_and_judge(args) -> dict:
+    pool, judge_pool, judge = pools_and_judge(args)
     rows = instruction_rows(args)
     check_gold_answers(judge, rows, args.judge)
     model_plan = plan_outputs(rows, args.model, args.model_outputs, "model", args)
     reference_plan = plan_outputs(rows, args.reference, args.reference_outputs, "reference", args)
     check_judge_fits(judge, rows, model_plan, reference_plan)
     outputs, references = produce(model_plan, rows, args, pool), produce(reference_plan, rows, args, pool)
-    model_name, reference_name = args.name or model_plan.name, args.reference_name or reference_plan.name
+    names = (args.name or model_plan.name, args.reference_name or reference_plan.name)
+    try:
+        return judge_outputs(judge, judge_pool.backend, rows, outputs, references, names, Path(args.output_dir), args)
+    finally:
+        pool.close()
+        judge_pool.close()
+
+
+def judge_outputs(judge, judge_backend: str, rows: list[dict], outputs: list[str], references: list[str],
+                  names: tuple[str, str], output_dir: Path, args) -> dict:
+    """Write both sides' outputs, judge them through the annotation cache in `output_dir`, write the annotations
+    and the leaderboard; returns the metrics."""
+    from posttrain.judges import annotate_cached
+
+    model_name, reference_name = names
     for name, texts, file in ((model_name, outputs, "model_outputs.json"),
                               (reference_name, references, "reference_outputs.json")):
         atomic_write_json(output_dir / file, [{"instruction": r["instruction"], "output": t, "generator": name}
                                               for r, t in zip(rows, texts)])
     judge_config = {"judge": args.judge, "seed": args.judge_seed, "labels": args.judge_labels,
-                    "backend": judge_pool.backend}
+                    "backend": judge_backend}
     judged = annotate_cached(judge, [r["instruction"] for r in rows], references, outputs,
                              output_dir / "annotations.cache.jsonl", judge_config,
                              answers=[r.get("answer") for r in rows], batch_size=JUDGE_BATCH, progress="judge")
-    pool.close()
-    judge_pool.close()
     annotations = [{"instruction": r["instruction"], "output_1": ref, "output_2": out, "generator_1": reference_name,
                     "generator_2": model_name, "annotator": judge.name, "preference": j["preference"],
                     "swapped": j["swapped"], "judge_seed": args.judge_seed, "raw": j["raw"]}
@@ -313,6 +331,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--annotations", help="score an AlpacaEval annotations JSON file and stop")
     parser.add_argument("--model", help="model path or hub id whose outputs are judged")
     parser.add_argument("--model_outputs", help="AlpacaEval outputs JSON (instead of --model)")
+    parser.add_argument("--revisions_dir", help="judge every revision_<k>.json of `posttrain generate --revisions` "
+                                                "(instead of --model): a win-rate-by-revision table and plot")
     parser.add_argument("--reference", help="reference model path or hub id")
     parser.add_argument("--reference_outputs", help="AlpacaEval outputs JSON (instead of --reference)")
     parser.add_argument("--instructions", help="dataset: pg:<task>/<kind>, a local JSON/JSONL file or a hub id")
@@ -349,6 +369,10 @@ def run(argv: list[str] | None = None) -> dict:
         raise UsageError("pass --judge (rule:<task>, reward:<path>, llm:<path>, llm-openai:<base_url>#<model>) "
                          "or --annotations FILE")
     with quiet_libraries(args.verbose):
+        if args.revisions_dir is not None:
+            from posttrain.evaluation.winrate_revisions import winrate_by_revision
+
+            return winrate_by_revision(args)
         return generate_and_judge(args)
 
 

@@ -26,6 +26,7 @@ def _sha(obj) -> str:
 
 
 def prompt_sha(prompt) -> str:
+    """Hash of a text, chat or token-id prompt (the three never collide: their JSON forms differ in type)."""
     return _sha(prompt)
 
 

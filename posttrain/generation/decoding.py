@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Callable, Iterable, Sequence
 
-from posttrain.generation.types import Completion, SamplingParams
+from posttrain.generation.types import Completion, SamplingParams, is_token_ids
 
 # One generated step: (log-prob of the chosen token, [(token id, log-prob), ...] best first).
 StepLogprobs = tuple[float, list[tuple[int, float]]]
@@ -94,7 +94,10 @@ def request_seed(seed: int, prompt_index: int) -> int:
 
 
 def encode_prompt(tokenizer, prompt) -> list[int]:
-    """Chat messages go through the chat template with the generation prompt; raw strings are tokenized as is."""
+    """Chat messages go through the chat template with the generation prompt; raw strings are tokenized as is;
+    token ids pass through unchanged."""
+    if is_token_ids(prompt):
+        return list(prompt)
     if isinstance(prompt, str):
         return list(tokenizer(prompt, add_special_tokens=True)["input_ids"])
     encoded = tokenizer.apply_chat_template(prompt, add_generation_prompt=True, tokenize=True, return_dict=True)

@@ -13,7 +13,8 @@ OnResult = Callable[[int, list[Completion]], None]
 
 
 class TransformersGenerator:
-    """`generate` batches prompts `batch_size` at a time; chat prompts go through the tokenizer's chat template.
+    """`generate` batches prompts `batch_size` at a time; chat prompts go through the tokenizer's chat template and
+    token-id prompts are used exactly as given.
 
     `model_id` names the weights for `generate_cached` (default: the model's `name_or_path`); pass a new one when
     the in-memory weights change. `generate_kwargs` go to every `model.generate` call (e.g. `synced_gpus`).

@@ -6,7 +6,15 @@ from dataclasses import asdict, dataclass, field
 from typing import Literal, Protocol
 
 FinishReason = Literal["stop", "length"]
-Prompt = list[dict] | str
+# Chat messages, raw text, or token ids that go to the model exactly as given (no template, no BOS added): the
+# SRPO revision loop passes the ids its trainer trained on. The OpenAI-compatible backend takes text and chat only.
+Prompt = list[dict] | str | list[int]
+
+
+def is_token_ids(prompt) -> bool:
+    """Whether `prompt` is a non-empty list (or tuple) of token ids rather than text or chat messages."""
+    return isinstance(prompt, list | tuple) and bool(prompt) and \
+        all(isinstance(token, int) and not isinstance(token, bool) for token in prompt)
 
 
 @dataclass(frozen=True)
@@ -68,4 +76,4 @@ class Generator(Protocol):
     each prompt finishes (the resumable cache streams through it), and expose a `model_id` string."""
 
     def generate(self, prompts: list[Prompt], params: SamplingParams) -> list[list[Completion]]:
-        """For each prompt (chat messages or raw text), `params.n` completions."""
+        """For each prompt (chat messages, raw text or token ids), `params.n` completions."""

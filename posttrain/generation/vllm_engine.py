@@ -1,9 +1,9 @@
 """The vLLM backend: an offline `vllm.LLM` fed token-id prompts.
 
-The chat template is applied here with the HF tokenizer and the outputs are decoded by the same code as the
-transformers backend (`decoding.finish_completion`), so both backends see and return identical tokens. A LoRA
-adapter is served with `LoRARequest` on the base weights, never merged; `with_adapter` switches adapters without
-restarting the engine.
+The chat template is applied here with the HF tokenizer (a token-id prompt is sent as given) and the outputs are
+decoded by the same code as the transformers backend (`decoding.finish_completion`), so both backends see and
+return identical tokens. A LoRA adapter is served with `LoRARequest` on the base weights, never merged;
+`with_adapter` switches adapters without restarting the engine.
 """
 
 from __future__ import annotations

@@ -10,9 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from posttrain.demo import CONTROL, run_demo
+from posttrain.demo import CONTROL, demo_methods, run_demo
 from posttrain.errors import UsageError
-from posttrain.registry import METHODS
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -48,8 +47,8 @@ def test_toy_recipes_run_from_the_command_line(tmp_path):
 def test_demo_headline_table_covers_every_preference_method_and_rerun_skips_stages(tmp_path):
     output = tmp_path / "demo"
     results = run_demo(str(output), seeds=(0,), num_pair_prompts=200, eval_examples=100)
-    methods = [m.name for m in METHODS.values() if m.dataset_kind == "preference" and m.toy_recipe]
-    assert {"dpo", "rpo"} <= set(methods)
+    methods = list(demo_methods())  # preference methods with a toy recipe, then the custom stages (DYPO's)
+    assert {"dpo", "rpo", "dypo"} <= set(methods)
     expected = ["sft", *methods, CONTROL]
     assert [r["method"] for r in results["rows"]] == expected == [r["method"] for r in results["means"]]
     sft, *trained = results["rows"]
