@@ -78,3 +78,29 @@ def test_generate_revisions_then_win_rate_by_revision_into_the_runs_report(srpo_
     report = (srpo_run / "report.md").read_text()
     assert report.count("## Win rate by revision") == 1 and report.startswith("# srpo run\n\n## Loss")
     assert "\n".join(table) in report and "![win rate by revision](winrate_by_revision.png)" in report
+
+
+@pytest.mark.xdist_group("vllm")
+def test_vllm_revisions_equal_transformers_revisions(tiny_model_dir, tmp_path):
+    """The token-id revision prompts reach vLLM as `TokensPrompt`s: both backends revise to the same tokens."""
+    from posttrain.generation import SamplingParams, VLLMGenerator, load_generator
+    from posttrain.generation.revisions import generate_revisions
+    from posttrain.models import load_tokenizer
+
+    tokenizer, template = load_tokenizer(str(tiny_model_dir)), RevisionTemplate("{prompt}\nDraft: {draft}\nBetter:")
+    prompts = ["sort 8123", [{"role": "user", "content": "sort 4471"}]]
+    params = SamplingParams(max_new_tokens=6)
+    hf = load_generator(str(tiny_model_dir), backend="transformers")
+    vllm = VLLMGenerator(str(tiny_model_dir), max_model_len=256, enforce_eager=True, show_progress=False)
+    try:
+        outputs = {name: generate_revisions(generator, prompts, template, tokenizer, params, 2, tmp_path / name,
+                                            progress=False)
+                   for name, generator in (("hf", hf), ("vllm", vllm))}
+    finally:
+        vllm.close()
+    assert outputs["vllm"] == outputs["hf"]
+    for k in (1, 2):
+        hf_ids, vllm_ids = ([r["completions"][0]["token_ids"]
+                             for r in read_jsonl(tmp_path / name / f"generations.revision_{k}.jsonl")]
+                            for name in ("hf", "vllm"))
+        assert vllm_ids == hf_ids

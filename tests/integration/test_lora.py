@@ -18,7 +18,7 @@ from posttrain.registry import METHODS
 from posttrain.train import build_trainer, train
 
 from ..conftest import CPU_SETTINGS
-from .test_train_methods import DATASET_FOR_KIND
+from .test_train_methods import DATASET_FOR_KIND, length_settings
 
 PREFERENCE_METHODS = sorted(name for name, method in METHODS.items() if method.dataset_kind == "preference")
 LORA = {"use_peft": True, "lora_r": 4, "lora_alpha": 8, "lora_dropout": 0.0, "lora_target_modules": "all-linear"}
@@ -29,7 +29,7 @@ def _lora_recipe(write_recipe, model_dir, method, output_dir, **extra):
     values = {"method": method, "model_name_or_path": str(model_dir),
               "dataset_name": DATASET_FOR_KIND[METHODS[method].dataset_kind], "dataset_num_examples": 16,
               "output_dir": str(output_dir), "per_device_train_batch_size": 8, "max_steps": 2,
-              "learning_rate": 1e-2, "logging_steps": 1, "save_strategy": "no", "max_length": 64, "seed": 0,
+              "learning_rate": 1e-2, "logging_steps": 1, "save_strategy": "no", **length_settings(method), "seed": 0,
               **LORA, **CPU_SETTINGS, **extra}
     return parse_recipe(["--config", write_recipe(values, f"{method}.yaml")])
 

@@ -15,7 +15,13 @@ from posttrain.train import train
 
 from ..conftest import CPU_SETTINGS
 
-DATASET_FOR_KIND = {"sft": "pg:sort8/sft", "preference": "pg:sort8/preference"}
+DATASET_FOR_KIND = {"sft": "pg:sort8/sft", "preference": "pg:sort8/preference", "verifiable": "pg:sort8/verifiable"}
+# Length settings per dataset kind: on-policy (GRPO-family) configs cap the sampled completion instead.
+LENGTH_FOR_KIND = {"verifiable": {"max_completion_length": 12}}
+
+
+def length_settings(method: str) -> dict:
+    return LENGTH_FOR_KIND.get(METHODS[method].dataset_kind, {"max_length": 64})
 
 
 def _recipe(write_recipe, model_dir, method, output_dir, **extra):
@@ -23,7 +29,7 @@ def _recipe(write_recipe, model_dir, method, output_dir, **extra):
               "dataset_name": DATASET_FOR_KIND[METHODS[method].dataset_kind], "dataset_num_examples": 32,
               "output_dir": str(output_dir), "per_device_train_batch_size": 8, "max_steps": 4,
               "learning_rate": 1e-3, "logging_steps": 1, "save_strategy": "steps", "save_steps": 2,
-              "max_length": 64, "seed": 0, **CPU_SETTINGS, **extra}
+              **length_settings(method), "seed": 0, **CPU_SETTINGS, **extra}
     return parse_recipe(["--config", write_recipe(values, f"{method}.yaml")])
 
 
