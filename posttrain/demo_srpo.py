@@ -59,11 +59,12 @@ def _outputs(folder: Path, revision: int) -> list[str]:
     return [row["output"] for row in read_json(revision_file(folder, revision))]
 
 
-def revise_stage(stages: SeedStages, name: str, task_name: str, template: RevisionTemplate, revisions: int) -> dict:
-    """Stage `revise/<name>/<task>`: model `name`'s greedy revisions 0..n of the task's held-out prompts, with their
-    accuracy and rule-judge win rate against the SFT model's revision 0 (per revision)."""
+def revise_stage(stages: SeedStages, name: str, task_name: str, template: RevisionTemplate, revisions: int,
+                 examples: int) -> dict:
+    """Stage `revise/<name>/<task>`: model `name`'s greedy revisions 0..n of the task's first `examples` held-out
+    prompts, with their accuracy and rule-judge win rate against the SFT model's revision 0 (per revision)."""
     task, reference_dir = get_task(task_name), stages.pipe.path(f"revise/sft/{task_name}")
-    rows = proving_ground_rows(f"{task_name}/sft", "test", stages.settings.eval_examples)
+    rows = proving_ground_rows(f"{task_name}/sft", "test", examples)
     answers, instructions = [r["answer"] for r in rows], [r["prompt"][0]["content"] for r in rows]
 
     def run(stage_dir: Path) -> dict:
@@ -83,7 +84,7 @@ def revise_stage(stages: SeedStages, name: str, task_name: str, template: Revisi
     return run_stage(stages.pipe, f"revise/{name}/{task_name}", run, fingerprint=fingerprint)
 
 
-def seed_rows(stages: SeedStages, tiny: Path, revisions: int) -> list[dict]:
+def seed_rows(stages: SeedStages, tiny: Path, revisions: int, examples: int) -> list[dict]:
     """Train every method for one seed, revise with every model in and out of distribution; one row each."""
     stages.prepare(tiny)
     for name in TRAINED:
@@ -92,7 +93,7 @@ def seed_rows(stages: SeedStages, tiny: Path, revisions: int) -> list[dict]:
     rows = []
     for split, task_name in split_tasks(stages.settings.task).items():
         for name in REVISED:
-            scores = revise_stage(stages, name, task_name, template, revisions)
+            scores = revise_stage(stages, name, task_name, template, revisions, examples)
             rows.append({"method": name, "seed": stages.seed, "split": split, "task": task_name, **scores})
     return rows
 
@@ -111,16 +112,21 @@ def mean_rows(rows: list[dict]) -> list[dict]:
 @silent()
 @quiet_libraries()
 def run_srpo_comparison(output: str = "runs/demo-srpo", seeds: tuple[int, ...] = (0, 1), task_name: str = "sort8",
-                        num_pair_prompts: int = 3000, eval_examples: int = 500, revisions: int = 5) -> dict:
-    """Every seed's stages, then `<output>/report.md`, `results.json` and the two PNG plots; returns the results."""
-    if revisions < 1:
-        raise UsageError(f"revisions must be at least 1, got {revisions}")
+                        num_pair_prompts: int = 3000, eval_examples: int = 500, revisions: int = 5,
+                        revision_examples: int = 200) -> dict:
+    """Every seed's stages, then `<output>/report.md`, `results.json` and the two PNG plots; returns the results.
+    `eval_examples` is the main demo's setting (each training run's own evaluation); the revisions are scored on
+    `revision_examples` held-out prompts per split."""
+    if revisions < 1 or revision_examples < 1:
+        raise UsageError(f"revisions and revision_examples must be at least 1, got {revisions} and "
+                         f"{revision_examples}")
     tasks = split_tasks(task_name)
     settings = DemoSettings(task_name, num_pair_prompts, eval_examples)
     pipe = open_demo(output, settings)
     tiny = demo_tiny_model(pipe)
-    rows = [row for seed in seeds for row in seed_rows(SeedStages(pipe, seed, settings), tiny, revisions)]
-    results = {"tasks": tasks, "seeds": list(seeds), "revisions": revisions, "eval_examples": eval_examples,
+    rows = [row for seed in seeds
+            for row in seed_rows(SeedStages(pipe, seed, settings), tiny, revisions, revision_examples)]
+    results = {"tasks": tasks, "seeds": list(seeds), "revisions": revisions, "revision_examples": revision_examples,
                "template": saved_template(pipe.path(f"seed{seeds[0]}/srpo")).text, "rows": rows,
                "means": mean_rows(rows)}
     write_report(Path(output), results)
@@ -176,7 +182,7 @@ def write_report(output: Path, results: dict) -> None:
         f"Per seed, one SFT checkpoint and one set of on-policy pairs; SRPO, DPO, RPO and SFT on the chosen answers "
         f"trained with the same data and optimiser (their toy recipes). Every model, and SFT, revises its own greedy "
         f"answer through the template the SRPO run saved ({results['template']!r}); only SRPO was trained on it. "
-        f"{results['eval_examples']} held-out prompts each of {tasks['ID']} (ID) and {tasks['OOD']} (OOD). "
+        f"{results['revision_examples']} held-out prompts each of {tasks['ID']} (ID) and {tasks['OOD']} (OOD). "
         "Win rate: the rule judge (exact match) against the seed's SFT model at revision 0; ties count half.", "",
         "## Rule-judge win rate vs SFT (revision 0), %", "", *revision_table(results, "win_rate", ".1f"), "",
         "![win rate by revision](winrate_by_revision.png)", "",

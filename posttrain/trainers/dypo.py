@@ -76,9 +76,11 @@ class DYPOConfig(GRPOConfig):
         default="exact_match", metadata={"help": "exact_match: the completion's last field equals `answer`; "
                                                  "math_verify: math-verify's parse/verify of the answer.",
                                          "choices": list(ANSWER_REWARDS)})
-    seed_each_rollout: bool = field(
-        default=False, metadata={"help": "Transformers generation: sample each rollout alone with a seed of (seed, "
-                                         "step, global row), so rollouts do not depend on the process count."})
+    seed_each_group: bool = field(
+        default=False, metadata={"help": "Transformers generation: sample each group's rollouts (its part on this "
+                                         "process) in one call seeded by (seed, step, first global row), so rollouts "
+                                         "do not depend on the process count while each process's generation batch "
+                                         "holds whole groups."})
     loss_type: str = field(default="grpo", metadata={"help": "GRPO term's loss (paper: standard clipped GRPO)."})
 
     def __post_init__(self):
@@ -97,12 +99,12 @@ class DYPOConfig(GRPOConfig):
         if self.gal_use_ref and self.beta == 0.0:
             raise ValueError("gal_use_ref needs the reference model TRL keeps for its KL term; set beta > 0 "
                              "(e.g. 1e-4) or gal_use_ref false")
-        if self.seed_each_rollout and self.use_vllm:
-            raise ValueError("seed_each_rollout applies to transformers generation; turn it off with use_vllm")
+        if self.seed_each_group and self.use_vllm:
+            raise ValueError("seed_each_group applies to transformers generation; turn it off with use_vllm")
 
 
 def rollout_seed(seed: int, step: int, row: int) -> int:
-    """The sampling seed of one rollout: a pure function of the run seed, the step and its global row."""
+    """The sampling seed of the rollouts from a global row on: a pure function of the run seed, step and row."""
     return random.Random(f"dypo/{seed}/{step}/{row}").getrandbits(63)
 
 
@@ -123,19 +125,22 @@ class DYPOTrainer(GRPOTrainer):
     _capture_logps = False
     _captured_logps = None
 
-    # --- generation: seeded per rollout -----------------------------------------------------------------------------
+    # --- generation: seeded per group ------------------------------------------------------------------------------
     def _generate_single_turn(self, prompt_ids, images, multimodal_fields, num_generations, has_tool_images=False):
-        if (not self.args.seed_each_rollout or self.use_vllm or self.use_transformers_continuous_batching
+        if (not self.args.seed_each_group or self.use_vllm or self.use_transformers_continuous_batching
                 or images is not None or multimodal_fields):
             return super()._generate_single_turn(prompt_ids, images, multimodal_fields, num_generations,
                                                  has_tool_images)
-        first_row, completions = self.accelerator.process_index * len(prompt_ids), []
+        first_row, completions, start = self.accelerator.process_index * len(prompt_ids), [], 0
         device = self.accelerator.device
-        for offset, ids in enumerate(prompt_ids):
+        while start < len(prompt_ids):  # one call per group (its rows on this process)
+            row = first_row + start
+            end = min(len(prompt_ids), start + num_generations - row % num_generations)
             with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-                torch.manual_seed(rollout_seed(self.args.seed, self.state.global_step, first_row + offset))
-                completion, _ = super()._generate_single_turn([ids], None, {}, num_generations, has_tool_images)
-            completions += completion
+                torch.manual_seed(rollout_seed(self.args.seed, self.state.global_step, row))
+                part, _ = super()._generate_single_turn(prompt_ids[start:end], None, {}, num_generations,
+                                                        has_tool_images)
+            completions, start = completions + part, end
         return completions, None
 
     # --- the gate, where the rewards are whole -----------------------------------------------------------------------

@@ -107,7 +107,8 @@ class SRPOTrainer(DPOTrainer):
                               fn_kwargs={"tokenizer": tokenizer, "template": RevisionTemplate(args.revision_template),
                                          "max_length": args.max_length},
                               desc=f"Adding revision prompts to {dataset_name} dataset")
-        kept = dataset.filter(lambda row: len(row["revise_chosen_prompt_ids"]) > 0, num_proc=args.dataset_num_proc)
+        kept = dataset.filter(lambda row: len(row["revise_chosen_prompt_ids"]) > 0, num_proc=args.dataset_num_proc,
+                              desc=f"Dropping pairs with no room for the revision template from {dataset_name} dataset")
         if len(kept) == 0 and len(dataset):
             raise UsageError(f"no {dataset_name} example leaves room for the revision template within "
                              f"max_length={args.max_length}; raise max_length or shorten revision_template")

@@ -14,7 +14,8 @@ from posttrain.revision import RevisionTemplate
 
 def test_srpo_demo_scores_every_model_at_every_revision_in_and_out_of_distribution(tmp_path, capsys):
     output = tmp_path / "srpo"
-    results = run_srpo_comparison(str(output), seeds=(0,), num_pair_prompts=200, eval_examples=20, revisions=2)
+    results = run_srpo_comparison(str(output), seeds=(0,), num_pair_prompts=200, eval_examples=20, revisions=2,
+                                  revision_examples=20)
     assert results["tasks"] == {"ID": "sort8", "OOD": "sort8-rep4"}
     assert [(r["method"], r["split"]) for r in results["rows"]] == [(m, s) for s in SPLITS for m in REVISED]
     template = RevisionTemplate.load(output / "seed0/srpo")
@@ -30,7 +31,8 @@ def test_srpo_demo_scores_every_model_at_every_revision_in_and_out_of_distributi
     assert (output / "accuracy_by_revision.png").stat().st_size > 0
     assert "| srpo | OOD | mean |" in (output / "report.md").read_text()
     capsys.readouterr()
-    again = run_srpo_comparison(str(output), seeds=(0,), num_pair_prompts=200, eval_examples=20, revisions=2)
+    again = run_srpo_comparison(str(output), seeds=(0,), num_pair_prompts=200, eval_examples=20, revisions=2,
+                                revision_examples=20)
     assert again["rows"] == results["rows"]
     assert " done in " not in capsys.readouterr().out  # every stage was skipped
 
@@ -47,7 +49,7 @@ def test_mean_rows_average_each_revision_over_seeds():
 
 
 def test_demo_srpo_rejects_bad_settings_before_training(tmp_path):
-    with pytest.raises(UsageError, match="revisions must be at least 1"):
+    with pytest.raises(UsageError, match="revisions and revision_examples must be at least 1"):
         run_srpo_comparison(str(tmp_path / "a"), revisions=0)
     with pytest.raises(UsageError, match="no out-of-distribution split"):
         run_srpo_comparison(str(tmp_path / "b"), task_name="sort6")

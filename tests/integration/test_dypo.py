@@ -34,7 +34,7 @@ def _recipe(write_recipe, model_dir, output_dir, **extra):
     values = {"method": "dypo", "model_name_or_path": str(model_dir), "dataset_name": "pg:sort8/verifiable",
               "dataset_num_examples": 32, "output_dir": str(output_dir), "per_device_train_batch_size": 16,
               "num_generations": K, "max_completion_length": 8, "max_teacher_length": 32, "max_steps": 1,
-              "learning_rate": 1e-3, "logging_steps": 1, "save_strategy": "no", "seed_each_rollout": True,
+              "learning_rate": 1e-3, "logging_steps": 1, "save_strategy": "no", "seed_each_group": True,
               "seed": 0, **CPU_SETTINGS, **extra}
     return parse_recipe(["--config", write_recipe(values, "dypo.yaml")])
 

@@ -20,11 +20,11 @@ ROWS, BATCH = 16, 8
 TEMPLATE = "{prompt}\ndraft: {draft}\nfix it:"
 
 
-def _trainer(model_dir, tmp_path, **config):
+def _trainer(model_dir, tmp_path, data=None, **config):
     config = {"max_length": 64, "seed": 0, "revision_template": TEMPLATE, "beta": 0.5, "alpha": 0.8,
               "ref_logps_cache_dir": str(tmp_path / "cache"), "logging_steps": 1, **config}
     args = SRPOConfig(output_dir=str(tmp_path / "out"), per_device_train_batch_size=BATCH, **CPU_SETTINGS, **config)
-    data = load_any_dataset("pg:sort8/preference", "train", num_examples=ROWS)
+    data = data or load_any_dataset("pg:sort8/preference", "train", num_examples=ROWS)
     return SRPOTrainer(model=load_causal_lm(str(model_dir)), args=args, train_dataset=data,
                        processing_class=load_tokenizer(str(model_dir)))
 
@@ -132,9 +132,16 @@ def test_pr1772_fault_truncation_never_cuts_the_template(tiny_model_dir, tmp_pat
         for name in SRPO_SEQUENCE_NAMES for i in range(BATCH))
 
 
-def test_pairs_without_room_for_the_template_are_dropped_and_none_left_is_an_error(tiny_model_dir, tmp_path):
+def test_pairs_without_room_for_the_template_are_dropped_and_none_left_is_an_error(tiny_model_dir, tmp_path, capsys):
+    from datasets import Dataset
+
     from posttrain.errors import UsageError
 
+    rows = load_any_dataset("pg:sort8/preference", "train", num_examples=ROWS).to_list()
+    rows[3]["chosen"] = [{"role": "assistant", "content": "0123456789" * 5}]  # leaves no room for the template
+    trainer = _trainer(tiny_model_dir, tmp_path, data=Dataset.from_list(rows))
+    assert len(trainer.train_dataset) == ROWS - 1
+    assert f"dropped 1 of {ROWS} train pairs" in capsys.readouterr().out
     with pytest.raises(UsageError, match="no train example leaves room for the revision template"):
         _trainer(tiny_model_dir, tmp_path, max_length=20)
 

@@ -35,7 +35,9 @@ def test_claims_hold_only_when_they_hold_on_every_seed():
     beats_pure, two_teachers, hard_falls = claims(rows)
     assert not beats_pure["holds"]  # seed 1: SFT on teachers 0.75 > DYPO 0.70
     assert two_teachers["holds"]
-    assert hard_falls["holds"] and "0.95 -> 0.45" in hard_falls["measured"]
+    assert hard_falls["holds"] and "seed 0: 0.90 -> 0.40; seed 1: 1.00 -> 0.50" in hard_falls["measured"]
+    rows[1][HARD] = list(enumerate((0.2, 0.3, 0.2, 0.5)))  # seed 1 rises: first quarter 0.2, last 0.5
+    assert not claims(rows)[2]["holds"]
 
 
 def test_the_comparison_has_the_four_arms_of_the_issue():
@@ -62,3 +64,15 @@ def test_bench_reward_gives_hard_easy_and_mid_groups():
         rewards = bench.route_mixing_reward([row["prompt"]] * 8, completions)
         routes.append("hard" if sum(rewards) == 0 else "easy" if sum(rewards) == 8 else "mid")
     assert min(routes.count(kind) for kind in ("hard", "easy", "mid")) >= 10  # about a third each
+
+
+def test_dypo_paper_recipe_keeps_the_papers_settings():
+    from posttrain.recipe import parse_recipe
+
+    recipe = parse_recipe(["--config", str(REPO / "recipes/dypo/qwen2.5-math-7b_openr1_zero3.yaml"),
+                           "--bf16", "false", "--use_cpu", "true"])
+    args = recipe.training
+    assert (args.num_generations, args.learning_rate, args.alpha, args.beta_gal, args.gamma_sft) == (8, 1e-6, 0.5,
+                                                                                                    1.0, 1.0)
+    assert args.answer_reward == "math_verify" and len(args.teacher_columns) == 2
+    assert args.contrastive_loss_coef is None and not args.gal_use_ref  # the paper's mixture, reference-free GAL

@@ -1,4 +1,5 @@
-"""DYPO's pure pieces (docs/methods.md §4): the gate, GAL against hand values, its per-row split, the total."""
+"""DYPO's pure pieces (docs/methods.md §4): the gate, GAL against hand values, its per-row split, the total, and
+the verifiable rewards."""
 
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ from posttrain.losses import (
     route_groups,
     sequence_nll,
 )
+from posttrain.trainers.dypo_rewards import exact_match_reward, math_verify_reward
 
 
 def _nls(x: float) -> float:
@@ -116,3 +118,13 @@ def test_sequence_nll_mean_and_bad_normalization():
     assert sequence_nll(logps, mask, "mean").tolist() == [2.0, 2.0]
     with pytest.raises(ValueError, match="sft_normalization"):
         sequence_nll(logps, mask, "token")
+
+
+def test_exact_match_reward_reads_the_final_field_of_text_or_messages():
+    completions = ["0 1 2 = 012", [{"role": "assistant", "content": "012"}], "012 ", "0 1 2", ""]
+    assert exact_match_reward(completions, ["012"] * 5) == [1.0, 1.0, 1.0, 0.0, 0.0]
+
+
+def test_math_verify_reward_compares_mathematically():
+    completions = ["so x = \\boxed{\\frac{1}{2}}", "The answer is $0.5$.", "\\boxed{3}", "no answer here"]
+    assert math_verify_reward(completions, ["\\frac{1}{2}", "1/2", "4", "7"]) == [1.0, 1.0, 0.0, 0.0]
