@@ -14,8 +14,8 @@ SRPO's padded batch is about 3 (|x| + 2|y| + |T|) / (|x| + |y|) times DPO's toke
 and short answers, like summarisation (the paper's setting), where that factor is close to 3; `--prompt_digits 8`
 gives sort8's short prompts, where the template and the draft dominate.
 
-    python scripts/bench_srpo.py                       # CPU: ~11M-parameter Llama, vocabulary 32k, 192-digit prompts
-    python scripts/bench_srpo.py --prompt_digits 8     # sort8-sized prompts
+    python scripts/bench_srpo.py                       # CPU: 9.8M-parameter Llama, vocabulary 32k, 96-digit prompts
+    python scripts/bench_srpo.py --prompt_digits 8 --answer_digits 8 --batch 8   # sort8-sized pairs
     python scripts/bench_srpo.py --hidden 1024 --layers 16 --cuda
 """
 
@@ -35,13 +35,13 @@ TEMPLATE = "{prompt}\ndraft: {draft}\nfix it:"  # the toy recipe's (recipes/srpo
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--hidden", type=int, default=256)
-    parser.add_argument("--layers", type=int, default=4)
+    parser.add_argument("--layers", type=int, default=2)
     parser.add_argument("--vocab", type=int, default=32000, help="vocabulary rows (the tokenizer uses the first few)")
-    parser.add_argument("--prompt_digits", type=int, default=192, help="prompt length (one token per digit)")
+    parser.add_argument("--prompt_digits", type=int, default=96, help="prompt length (one token per digit)")
     parser.add_argument("--answer_digits", type=int, default=16, help="chosen/rejected length")
-    parser.add_argument("--batch", type=int, default=8, help="pairs per step")
-    parser.add_argument("--warmup", type=int, default=2)
-    parser.add_argument("--steps", type=int, default=6, help="timed steps")
+    parser.add_argument("--batch", type=int, default=2, help="pairs per step")
+    parser.add_argument("--warmup", type=int, default=1)
+    parser.add_argument("--steps", type=int, default=3, help="timed steps")
     parser.add_argument("--repeats", type=int, default=2, help="train each method this many times, interleaved")
     parser.add_argument("--cuda", action="store_true", help="train on the GPU in bf16")
     parser.add_argument("--output", help="also write the summary to this JSON file")
