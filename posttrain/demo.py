@@ -114,19 +114,23 @@ class SeedStages:
         write_jsonl(stage_dir / CHOSEN, [{"prompt": p["prompt"], "completion": p["chosen"]} for p in pairs])
         return stats
 
-    def preference(self, name: str, recipe: str, callbacks: Callbacks = None, **overrides) -> dict:
-        """Stage `name`: `recipe` on this seed's pairs from its SFT checkpoint, judged against the SFT model."""
-        return self.from_sft(name, recipe, self.pipe.path("pairs") / PAIRS, callbacks, **overrides)
+    def preference(self, name: str, recipe: str, callbacks: Callbacks = None, start: str = "sft",
+                   **overrides) -> dict:
+        """Stage `name`: `recipe` on this seed's pairs from its `start` checkpoint (SFT unless another of this
+        seed's stages is named), judged against the SFT model."""
+        return self.from_sft(name, recipe, self.pipe.path("pairs") / PAIRS, callbacks, start, **overrides)
 
     def control(self, callbacks: Callbacks = None) -> dict:
         """Stage `sft-on-chosen`: SFT on the chosen answers of the same pairs, with DPO's optimiser settings."""
         return self.from_sft(CONTROL, toy_recipe("sft"), self.pipe.path("pairs") / CHOSEN, callbacks,
                              **control_overrides())
 
-    def from_sft(self, name: str, recipe: str, data: Path, callbacks: Callbacks = None, **overrides) -> dict:
-        """Stage `name`: `recipe` on `data`, starting from and judged against this seed's SFT model."""
-        sft = str(self.pipe.path("sft"))
-        return train_stage(self.pipe, name, recipe, callbacks, model_name_or_path=sft, dataset_name=str(data),
+    def from_sft(self, name: str, recipe: str, data: Path, callbacks: Callbacks = None, start: str = "sft",
+                 **overrides) -> dict:
+        """Stage `name`: `recipe` on `data`, starting from this seed's stage `start` (its SFT model unless told
+        otherwise) and judged against its SFT model."""
+        sft, model = str(self.pipe.path("sft")), str(self.pipe.path(start))
+        return train_stage(self.pipe, name, recipe, callbacks, model_name_or_path=model, dataset_name=str(data),
                            eval_baseline_model=sft, dataset_num_examples=100000, **self.common, **overrides)
 
     def evaluate(self, names: list[str]) -> list[dict]:

@@ -1,35 +1,41 @@
 """Proving-ground evidence for SRPO (docs/methods.md §2): win rate and accuracy by revision, in and out of distribution.
 
 Per seed, from one SFT checkpoint and one set of on-policy pairs (`posttrain.demo.SeedStages`, the main demo's), SRPO,
-DPO, RPO and the SFT-on-chosen control are trained with the same data and optimiser. Then every model, and the SFT
-model itself, answers greedily and revises its own answer n times through the revision template the SRPO run saved
-(`posttrain.generation.revisions.generate_revisions`). Only SRPO was trained to revise: the others see the template
-for the first time, which is the paper's comparison. Each revision is scored by exact match and by the rule judge
-against the SFT model's revision-0 answer, on sort8's held-out prompts (in distribution, ID) and on its shifted split
-(`posttrain.data.tasks.OOD_TASKS`, out of distribution, OOD). The paper's claim: SRPO's win rate keeps rising with
-revisions, out of distribution too, while DPO's stays flat. Training and every model's revisions are resumable
-pipeline stages: rerunning skips finished ones.
+DPO, RPO and the SFT-on-chosen control are trained with the same data and optimiser. Two more arms give the revision
+template a meaning before preference training, as the paper's pretrained start does: `sft-revise`, the SFT model
+further trained by SFT on x -> y_w, T(x, y_l) -> y_w and T(x, y_w) -> y_w for the same pairs (the positive control:
+a model taught the template must not collapse when it revises), and `srpo@revise` / `dpo@revise`, SRPO and DPO on the
+same pairs from `sft-revise`. Then every model, and the SFT model itself, answers greedily and revises its own answer
+n times through the revision template the SRPO run saved (`posttrain.generation.revisions.generate_revisions`).
+Each revision is scored by exact match and by the rule judge against the SFT model's revision-0 answer, on sort8's
+held-out prompts (in distribution, ID) and on its shifted split (`posttrain.data.tasks.OOD_TASKS`, OOD). The paper's
+claim: SRPO's win rate keeps rising with revisions, out of distribution too, while DPO's stays flat. Training and
+every model's revisions are resumable pipeline stages: rerunning skips finished ones.
 """
 
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
 
 from posttrain.console import quiet_libraries, silent
 from posttrain.data.proving_ground import proving_ground_rows
 from posttrain.data.tasks import OOD_TASKS, get_task
-from posttrain.demo import CONTROL, DemoSettings, SeedStages, demo_tiny_model, open_demo, run_stage, toy_recipe
+from posttrain.demo import CONTROL, PAIRS, DemoSettings, SeedStages, demo_tiny_model, open_demo, run_stage, toy_recipe
 from posttrain.errors import UsageError
 from posttrain.evaluation.winrate import winrate_metrics
 from posttrain.generation import SamplingParams, TransformersGenerator
 from posttrain.generation.revisions import generate_revisions, revision_file
-from posttrain.io import atomic_write_json, atomic_write_text, read_json
+from posttrain.io import atomic_write_json, atomic_write_text, read_json, read_jsonl, write_jsonl
 from posttrain.judges import RuleJudge
 from posttrain.models import load_causal_lm, load_tokenizer
-from posttrain.revision import RevisionTemplate
+from posttrain.revision import RevisionTemplate, completion_text
 
 TRAINED = ("srpo", "dpo", "rpo", CONTROL)
-REVISED = ("sft", *TRAINED)  # sft first: its revision 0 is every model's win-rate reference
+REVISE_START = "sft-revise"  # the positive control, and the revision-aware start of the `<method>@revise` arms
+AT_REVISE = ("srpo@revise", "dpo@revise")
+REVISE_DATA = "revise_sft.jsonl"
+REVISED = ("sft", *TRAINED, REVISE_START, *AT_REVISE)  # sft first: its revision 0 is every model's reference
 SPLITS = ("ID", "OOD")
 
 
@@ -38,6 +44,57 @@ def _train(stages: SeedStages, name: str) -> None:
         stages.control()
     else:
         stages.preference(name, toy_recipe(name))
+
+
+def revision_sft_rows(pairs: list[dict], template: RevisionTemplate) -> list[dict]:
+    """The positive control's SFT rows, three per pair: x -> y_w, T(x, y_l) -> y_w (fix a wrong draft) and
+    T(x, y_w) -> y_w (keep a right one); the revision prompts are `template.render`'s chat messages."""
+    rows = []
+    for pair in pairs:
+        prompt, chosen = pair["prompt"], pair["chosen"]
+        rows.append({"prompt": prompt, "completion": chosen})
+        rows += [{"prompt": template.render(prompt, completion_text(draft)), "completion": chosen}
+                 for draft in (pair["rejected"], chosen)]
+    return rows
+
+
+def _chat_ids(tokenizer, messages: list[dict]) -> list[int]:
+    ids = tokenizer.apply_chat_template(messages, tokenize=True)
+    return list(ids["input_ids"] if hasattr(ids, "keys") else ids)
+
+
+def check_revision_tokens(tokenizer, template: RevisionTemplate, prompt, draft: str, completion: list[dict]) -> None:
+    """TRL's SFT tokenises a row's rendered chat, prompt and completion, as a whole; revision inference builds the
+    prompt from separately tokenised pieces (`RevisionTemplate.prompt_ids`). Fail when the whole does not start with
+    the pieces, i.e. tokens merge across the template's slots: SFT would train on other ids than the model sees."""
+    pieces = template.prompt_ids(tokenizer, prompt, draft)
+    if _chat_ids(tokenizer, template.render(prompt, draft) + completion)[:len(pieces)] != pieces:
+        raise UsageError("the tokenizer merges tokens across the revision template's {prompt}/{draft} slots, so "
+                         "SFT on rendered revision prompts would not train the ids revision inference uses; "
+                         "put a space or newline on each side of the slots")
+
+
+def _write_revision_sft(stages: SeedStages, template: RevisionTemplate, stage_dir: Path) -> dict:
+    pairs = list(read_jsonl(stages.pipe.path("pairs") / PAIRS))
+    tokenizer = load_tokenizer(str(stages.pipe.path("sft")))
+    for pair in pairs:
+        for draft in (pair["rejected"], pair["chosen"]):
+            check_revision_tokens(tokenizer, template, pair["prompt"], completion_text(draft), pair["chosen"])
+    rows = revision_sft_rows(pairs, template)
+    write_jsonl(stage_dir / REVISE_DATA, rows)
+    return {"pairs": len(pairs), "rows": len(rows)}
+
+
+def train_revision_arms(stages: SeedStages, template: RevisionTemplate) -> None:
+    """Stages `sft-revise-data` and `sft-revise` (the SFT toy recipe's settings on the revision rows, from the SFT
+    model), then `srpo@revise` and `dpo@revise`: the toy recipes on the seed's pairs from `sft-revise`."""
+    run_stage(stages.pipe, "sft-revise-data", partial(_write_revision_sft, stages, template),
+              fingerprint={"template": template.text})
+    stages.from_sft(REVISE_START, toy_recipe("sft"), stages.pipe.path("sft-revise-data") / REVISE_DATA)
+    for name in AT_REVISE:
+        method = name.split("@")[0]
+        extra = {"revision_template": template.text} if method == "srpo" else {}
+        stages.preference(name, toy_recipe(method), start=REVISE_START, **extra)
 
 
 def saved_template(run_dir: Path) -> RevisionTemplate:
@@ -90,6 +147,7 @@ def seed_rows(stages: SeedStages, tiny: Path, revisions: int, examples: int) -> 
     for name in TRAINED:
         _train(stages, name)
     template = saved_template(stages.pipe.path("srpo"))
+    train_revision_arms(stages, template)
     rows = []
     for split, task_name in split_tasks(stages.settings.task).items():
         for name in REVISED:
@@ -134,7 +192,7 @@ def run_srpo_comparison(output: str = "runs/demo-srpo", seeds: tuple[int, ...] =
 
 
 def _label(method: str) -> str:
-    return f"{method} (control)" if method == CONTROL else method
+    return {CONTROL: f"{CONTROL} (control)", REVISE_START: f"{REVISE_START} (positive control)"}.get(method, method)
 
 
 def revision_table(results: dict, key: str, spec: str) -> list[str]:
@@ -162,7 +220,8 @@ def plot_by_revision(results: dict, key: str, path: Path, ylabel: str) -> None:
     fig, axes = plt.subplots(1, len(SPLITS), figsize=(5 * len(SPLITS), 3.6), layout="constrained", sharey=True)
     for ax, split in zip(axes, SPLITS):
         for mean in [m for m in results["means"] if m["split"] == split]:
-            ax.plot(range(len(mean[key])), mean[key], marker="o", label=_label(mean["method"]))
+            style = "--" if "revise" in mean["method"] else "-"  # the revision-aware arms
+            ax.plot(range(len(mean[key])), mean[key], style, marker="o", label=_label(mean["method"]))
         ax.set_title(f"{split}: {results['tasks'][split]}")
         ax.set_xlabel("revision")
         ax.grid(alpha=0.3)
@@ -180,8 +239,12 @@ def write_report(output: Path, results: dict) -> None:
     text = "\n".join([
         f"# SRPO on the proving ground: revisions 0..{results['revisions']}, in and out of distribution", "",
         f"Per seed, one SFT checkpoint and one set of on-policy pairs; SRPO, DPO, RPO and SFT on the chosen answers "
-        f"trained with the same data and optimiser (their toy recipes). Every model, and SFT, revises its own greedy "
-        f"answer through the template the SRPO run saved ({results['template']!r}); only SRPO was trained on it. "
+        f"trained with the same data and optimiser (their toy recipes). `{REVISE_START}` (positive control): the SFT "
+        f"model further trained by SFT on x -> y_w, T(x, y_l) -> y_w and T(x, y_w) -> y_w for the same pairs; "
+        f"{' and '.join(f'`{n}`' for n in AT_REVISE)}: the toy recipes on the same pairs from `{REVISE_START}` (the "
+        f"paper's regime, a start model for which the revision instruction means something). Every model, and SFT, "
+        f"revises its own greedy answer through the template the SRPO run saved ({results['template']!r}); SRPO and "
+        f"the `{REVISE_START}` family were trained on it, the others see it for the first time. "
         f"{results['revision_examples']} held-out prompts each of {tasks['ID']} (ID) and {tasks['OOD']} (OOD). "
         "Win rate: the rule judge (exact match) against the seed's SFT model at revision 0; ties count half.", "",
         "## Rule-judge win rate vs SFT (revision 0), %", "", *revision_table(results, "win_rate", ".1f"), "",

@@ -6,8 +6,9 @@ from __future__ import annotations
 import json
 
 import pytest
+import yaml
 
-from posttrain.demo_srpo import REVISED, SPLITS, mean_rows, revision_table, run_srpo_comparison
+from posttrain.demo_srpo import AT_REVISE, REVISE_START, REVISED, SPLITS, mean_rows, revision_table, run_srpo_comparison
 from posttrain.errors import UsageError
 from posttrain.revision import RevisionTemplate
 
@@ -25,11 +26,21 @@ def test_srpo_demo_scores_every_model_at_every_revision_in_and_out_of_distributi
         assert all(0 <= a <= 1 for a in row["accuracy"]) and all(0 <= w <= 100 for w in row["win_rate"])
         revisions = json.loads((output / f"seed0/revise/{row['method']}/{row['task']}/revisions.json").read_text())
         assert revisions["revision_template"] == template.text and revisions["revisions"] == 2
+    seed = output / "seed0"
+    data = json.loads((seed / "sft-revise-data/.done.json").read_text())["result"]
+    assert data["rows"] == 3 * data["pairs"] == 3 * len((seed / "pairs/pairs.jsonl").read_text().splitlines())
+    for name in AT_REVISE:  # the revision-aware arms start from the positive control, on the same pairs
+        recipe = yaml.safe_load((seed / name / "recipe.yaml").read_text())
+        assert recipe["model_name_or_path"] == str(seed / REVISE_START)
+        assert recipe["dataset_name"] == str(seed / "pairs/pairs.jsonl")
+    assert RevisionTemplate.load(seed / "srpo@revise") == template
     sft_id = results["rows"][0]
     assert sft_id["method"] == "sft" and sft_id["win_rate"][0] == 50.0  # the reference against itself: all ties
     assert (output / "winrate_by_revision.png").stat().st_size > 0
     assert (output / "accuracy_by_revision.png").stat().st_size > 0
-    assert "| srpo | OOD | mean |" in (output / "report.md").read_text()
+    report = (output / "report.md").read_text()
+    assert "| srpo | OOD | mean |" in report and "| sft-revise (positive control) | ID | mean |" in report
+    assert "| srpo@revise | OOD | mean |" in report
     capsys.readouterr()
     again = run_srpo_comparison(str(output), seeds=(0,), num_pair_prompts=200, eval_examples=20, revisions=2,
                                 revision_examples=20)
