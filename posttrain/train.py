@@ -100,6 +100,7 @@ def build_trainer(recipe: Recipe, callbacks: list | None = None):
                                recipe.training.trust_remote_code)
     train, evaluation = _load_datasets(recipe)  # before the model: a data mistake fails fast
     check_data_format(recipe, tokenizer, train, state.is_main_process)
+    extra = recipe.method.extra_trainer_kwargs(recipe, tokenizer, train, evaluation)  # a hook's data checks too
     run_dir = prepare_run_dir(recipe, state.is_main_process)  # after the data checks: a mistake writes nothing
     _move_hub_token_to_environment(recipe.training)
     model = _load_model(recipe)
@@ -107,7 +108,7 @@ def build_trainer(recipe: Recipe, callbacks: list | None = None):
         model=model, args=recipe.training, train_dataset=train, eval_dataset=evaluation,
         processing_class=tokenizer, peft_config=get_peft_config(recipe.model),
         callbacks=[metrics_callback(run_dir), file_modes_callback(), *(callbacks or [])],
-        **recipe.method.extra_trainer_kwargs(recipe, tokenizer, train, evaluation),
+        **extra,
     )
     trainer.add_callback(topology_callback(current_topology(trainer.accelerator)))
     use_console(trainer, recipe.method.report_metrics, recipe.run.verbose)

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 import torch
 from trl import GRPOConfig, GRPOTrainer
 from trl.data_utils import apply_chat_template, is_conversational
+from trl.trainer.utils import selective_log_softmax
 
 from posttrain.losses import (
     DYPO_SFT_NORMALIZATIONS,
@@ -274,9 +275,17 @@ class DYPOTrainer(GRPOTrainer):
         chosen = rows if rows.numel() else torch.zeros(1, dtype=torch.long, device=teacher_mask.device)
         ids = torch.cat([inputs["prompt_ids"][chosen], inputs["dypo_teacher_ids"][chosen]], dim=1)
         attention = torch.cat([inputs["prompt_mask"][chosen], teacher_mask[chosen]], dim=1)
-        logps, _, _ = self._get_per_token_logps_and_entropies(model, ids, attention, teacher_mask.size(1))
+        logps = self._teacher_logps(model, ids, attention, teacher_mask.size(1))
         nll = sequence_nll(logps, teacher_mask[chosen], self.args.sft_normalization)
         return (nll if rows.numel() else nll * 0.0), rows
+
+    @staticmethod
+    def _teacher_logps(model, ids: torch.Tensor, attention: torch.Tensor, length: int) -> torch.Tensor:
+        """Per-token log-probs of the last `length` tokens at temperature 1: L_SFT is the plain -logp(tau|q), while
+        TRL's fused head (the GRPO forward) divides the logits by the sampling temperature. Only the teacher rows'
+        logits exist, for `length` positions."""
+        logits = model(input_ids=ids, attention_mask=attention, logits_to_keep=length + 1, use_cache=False).logits
+        return selective_log_softmax(logits[:, :-1].float(), ids[:, -length:])
 
     def _groups_per_micro_batch(self) -> float:
         """Groups per optimizer step on one process (a fraction when a group spans processes): each micro-batch's

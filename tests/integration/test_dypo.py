@@ -89,3 +89,21 @@ def test_step_loss_is_the_papers_total_whatever_the_accumulation(routed_reward, 
 def test_teacher_data_mistakes_are_one_line_errors(settings, message, tiny_model_dir, tmp_path, write_recipe):
     with pytest.raises(UsageError, match=message):
         build_trainer(_recipe(write_recipe, tiny_model_dir, tmp_path / "run", **settings))
+
+
+def test_teacher_sft_is_scored_at_temperature_one_not_the_sampling_temperature(tiny_model_dir):
+    """L_SFT = -logp(tau|q) under the policy itself; TRL's fused head (patched for GRPO) divides by the sampling
+    temperature, which must not leak into the teacher term."""
+    from trl.trainer.utils import add_fused_lm_head
+
+    from posttrain.models import load_causal_lm
+    from posttrain.trainers.dypo import DYPOTrainer
+
+    model = load_causal_lm(str(tiny_model_dir))
+    ids = torch.tensor([[5, 17, 23, 9, 41, 12, 7]])
+    with torch.no_grad():
+        plain = torch.log_softmax(model(input_ids=ids).logits[:, -4:-1].float(), dim=-1)
+        expected = plain.gather(-1, ids[:, -3:, None]).squeeze(-1)
+        add_fused_lm_head(model, temperature=0.4)
+        scored = DYPOTrainer._teacher_logps(model, ids, torch.ones_like(ids), 3)
+    torch.testing.assert_close(scored, expected)
