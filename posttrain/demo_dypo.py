@@ -24,7 +24,8 @@ import yaml
 from posttrain.console import quiet_libraries, silent
 from posttrain.data.proving_ground import proving_ground_rows
 from posttrain.demo import DemoSettings, SeedStages, demo_tiny_model, open_demo, run_stage, toy_recipe, train_stage
-from posttrain.io import atomic_write_json, atomic_write_text, read_json, read_jsonl, write_jsonl
+from posttrain.evaluation.report import load_metric_series, save_figure
+from posttrain.io import atomic_write_json, atomic_write_text, read_json, write_jsonl
 from posttrain.models import load_tokenizer
 from posttrain.recipe import load_recipe
 from posttrain.train import train
@@ -129,17 +130,14 @@ def train_arm(stages: SeedStages, name: str, steps: int, every: int) -> None:
                     per_device_train_batch_size=max(1, data["rows"] // steps), dataset_num_examples=data["rows"])
 
 
-def _series(run_dir: Path, key: str) -> list[tuple[int, float]]:
-    return [(row["step"], row[key]) for row in read_jsonl(run_dir / "metrics.jsonl") if key in row]
-
-
 def arm_row(stages: SeedStages, judged: dict) -> dict:
     """The judged row of one arm, with its accuracy curve and route-share curves."""
     run_dir = stages.pipe.path(judged["method"])
     curve = read_json(run_dir / ACCURACY_FILE) if (run_dir / ACCURACY_FILE).exists() else []
+    series = load_metric_series(run_dir / "metrics.jsonl")
     return {"arm": judged["method"], **{k: v for k, v in judged.items() if k != "method"},
             "accuracy_by_step": [[p["step"], p["accuracy"]] for p in curve],
-            **{key: _series(run_dir, key) for key in (HARD, MID, EASY)}}
+            **{key: series.get(key, []) for key in (HARD, MID, EASY)}}
 
 
 @silent()
@@ -207,8 +205,6 @@ def _plot(output: Path, rows: list[dict]) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from posttrain.evaluation.report import _save_figure
-
     fig, (acc, hard) = plt.subplots(1, 2, figsize=(11, 3.8), layout="constrained")
     colours = {arm: f"C{i}" for i, arm in enumerate(ARMS)}
     styles = {seed: style for seed, style in zip(sorted({r["seed"] for r in rows}), ("-", "--", ":", "-."))}
@@ -223,7 +219,7 @@ def _plot(output: Path, rows: list[dict]) -> None:
         ax.set_xlabel("step")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
-    _save_figure(fig, output / "curves.png")
+    save_figure(fig, output / "curves.png")
     plt.close(fig)
 
 

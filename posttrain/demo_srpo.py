@@ -215,7 +215,7 @@ def plot_by_revision(results: dict, key: str, path: Path, ylabel: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from posttrain.evaluation.report import _save_figure
+    from posttrain.evaluation.report import save_figure
 
     fig, axes = plt.subplots(1, len(SPLITS), figsize=(5 * len(SPLITS), 3.6), layout="constrained", sharey=True)
     for ax, split in zip(axes, SPLITS):
@@ -228,7 +228,7 @@ def plot_by_revision(results: dict, key: str, path: Path, ylabel: str) -> None:
     axes[0].set_ylabel(ylabel)
     axes[-1].legend(fontsize="small")
     fig.suptitle(f"{ylabel} by revision (mean of seeds {', '.join(map(str, results['seeds']))})")
-    _save_figure(fig, path)
+    save_figure(fig, path)
     plt.close(fig)
 
 

@@ -68,6 +68,7 @@ METHODS: dict[str, Method] = {
                "self-improving robust preference optimisation: generator and self-reviser (Choi et al. 2024)",
                report_metrics=("loss/gen", "loss/improve", "rewards/revision_accuracies", "rewards/revision_margins",
                                "rewards/gen_accuracies", *DPO_METRICS),
+               construction_hook_path="posttrain.trainers.srpo:construction_hook",
                toy_recipe="recipes/srpo/sort8_tiny_cpu.yaml"),
         Method("dypo", "posttrain.trainers.dypo:DYPOConfig", "posttrain.trainers.dypo:DYPOTrainer", "verifiable",
                "GRPO gated per group: SFT on a teacher trace when all rollouts fail, GRPO + group alignment loss when "

@@ -135,9 +135,11 @@ class RevisionTemplate:
         head_ids, _, middle_ids, tail_ids = self._frame_ids(tokenizer, prompt)
         return len(head_ids) + len(middle_ids) + len(tail_ids)
 
-    def prompt_ids(self, tokenizer, prompt, draft: str, max_tokens: int | None = None) -> list[int]:
+    def prompt_ids(self, tokenizer, prompt, draft: str, max_tokens: int | None = None, *,
+                   fix: str = "shorten the revision template") -> list[int]:
         """Token ids of the revision prompt (chat template and generation prompt included for chat prompts), at
-        most `max_tokens` long: the draft is cut first (its start kept), then the prompt (its end kept)."""
+        most `max_tokens` long: the draft is cut first (its start kept), then the prompt (its end kept). When the
+        template alone takes more, a one-line `UsageError` ending in `fix`, the caller's remedy."""
         if not isinstance(draft, str):
             raise UsageError(f"a revision draft must be a string, got {type(draft).__name__}")
         head_ids, prompt_text, middle_ids, tail_ids = self._frame_ids(tokenizer, prompt)
@@ -146,7 +148,7 @@ class RevisionTemplate:
             fixed = len(head_ids) + len(middle_ids) + len(tail_ids)
             if fixed > max_tokens:
                 raise UsageError(f"the revision template alone takes {fixed} tokens, more than the {max_tokens} "
-                                 f"available; raise max_length or shorten revision_template")
+                                 f"available; {fix}")
             prompt_ids, draft_ids = _cut(prompt_ids, draft_ids, max_tokens - fixed)
         return head_ids + prompt_ids + middle_ids + draft_ids + tail_ids
 

@@ -29,7 +29,9 @@ import tempfile
 from pathlib import Path
 
 METHODS = ("dpo", "srpo")
-TEMPLATE = "{prompt}\ndraft: {draft}\nfix it:"  # the toy recipe's (recipes/srpo/sort8_tiny_cpu.yaml)
+# A short template: 15 text tokens on the toy tokenizer; the toy recipe uses the default (DEFAULT_REVISION_TEMPLATE,
+# 24), so sort8-sized runs here understate the toy recipe's revision sequences by 9 tokens each.
+TEMPLATE = "{prompt}\ndraft: {draft}\nfix it:"
 
 
 def parse_args(argv=None):

@@ -26,7 +26,8 @@ def load_metric_series(metrics_path: str | Path) -> dict[str, list[tuple[int, fl
     return {key: sorted(points.items()) for key, points in by_step.items()}
 
 
-def _save_figure(fig, path: Path) -> None:
+def save_figure(fig, path: Path) -> None:
+    """`fig` as a PNG at `path`, written atomically."""
     import io
 
     buffer = io.BytesIO()
@@ -56,7 +57,7 @@ def plot_series(series: dict[str, list[tuple[int, float]]], keys: list[str], pat
     for ax in list(axes.flat)[len(keys):]:
         ax.axis("off")
     fig.suptitle(title)
-    _save_figure(fig, path)
+    save_figure(fig, path)
     plt.close(fig)
     return True
 

@@ -316,8 +316,9 @@ def _failed_judge_fix(judge, args) -> str:
     return "use a stronger judge model or a different judge"
 
 
-class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
-    """The module docstring as written, and each option's default (where it has one) after its help."""
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """The module docstring as written, and each option's default (where it has one) after its help (also
+    `posttrain generate`'s)."""
 
     def _get_help_string(self, action):
         if action.help and action.default is not None and action.default is not False \
@@ -327,7 +328,7 @@ class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = OneLineArgumentParser(prog="posttrain eval winrate", description=__doc__, formatter_class=_HelpFormatter)
+    parser = OneLineArgumentParser(prog="posttrain eval winrate", description=__doc__, formatter_class=HelpFormatter)
     parser.add_argument("--annotations", help="score an AlpacaEval annotations JSON file and stop")
     parser.add_argument("--model", help="model path or hub id whose outputs are judged")
     parser.add_argument("--model_outputs", help="AlpacaEval outputs JSON (instead of --model)")

@@ -15,6 +15,7 @@ import re
 from pathlib import Path
 
 from posttrain.errors import UsageError
+from posttrain.evaluation.report import save_figure
 from posttrain.generation.revisions import MANIFEST_FILE, revision_file
 from posttrain.io import atomic_write_bytes, atomic_write_json, atomic_write_text, read_json
 
@@ -96,10 +97,8 @@ def table_lines(summary: dict) -> list[str]:
     return lines
 
 
-def plot_winrate(summary: dict) -> bytes:
-    """PNG of win rate (± standard error) against revision, with the 50% line."""
-    import io
-
+def plot_winrate(summary: dict, path: Path) -> None:
+    """PNG at `path` of win rate (± standard error) against revision, with the 50% line."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -117,22 +116,19 @@ def plot_winrate(summary: dict) -> bytes:
     ax.set_ylabel("win rate (%)")
     ax.set_title(f"{summary['model']} vs {summary['reference']} ({summary['judge']})", fontsize=9)
     ax.grid(alpha=0.3)
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=100)
+    save_figure(fig, path)
     plt.close(fig)
-    return buffer.getvalue()
 
 
 def write_summary(output_dir: Path, summary: dict, run_dir: Path | None) -> None:
     """winrate_by_revision.json, .md and .png into `output_dir`; the section and plot into `run_dir`'s report."""
     table = table_lines(summary)
-    png = plot_winrate(summary)
     atomic_write_json(output_dir / SUMMARY_FILE, summary)
     atomic_write_text(output_dir / TABLE_FILE, "\n".join(table) + "\n")
-    atomic_write_bytes(output_dir / PLOT_FILE, png)
+    plot_winrate(summary, output_dir / PLOT_FILE)
     print("\n".join(table))
     if run_dir is not None:
-        atomic_write_bytes(run_dir / PLOT_FILE, png)
+        atomic_write_bytes(run_dir / PLOT_FILE, (output_dir / PLOT_FILE).read_bytes())
         section = [SECTION, "", f"Judge `{summary['judge']}`, reference `{summary['reference']}`, "
                    f"{summary['n_instructions']} instructions (details: {output_dir}).", "", *table, "",
                    f"![win rate by revision]({PLOT_FILE})"]

@@ -83,9 +83,9 @@ def _no_template(spec: str):
 
 
 def build_parser():
-    from posttrain.evaluation.winrate_cli import _HelpFormatter
+    from posttrain.evaluation.winrate_cli import HelpFormatter
 
-    parser = OneLineArgumentParser(prog="posttrain generate", description=__doc__, formatter_class=_HelpFormatter)
+    parser = OneLineArgumentParser(prog="posttrain generate", description=__doc__, formatter_class=HelpFormatter)
     parser.add_argument("--model", required=True, help="model folder (e.g. a training run's output_dir) or hub id")
     parser.add_argument("--prompts", required=True, help="JSON/JSONL file with instruction or prompt rows, "
                                                          "pg:<task>/<kind>, or a hub id")

@@ -26,6 +26,8 @@ from posttrain.generation.types import Generator, Prompt, SamplingParams
 from posttrain.io import atomic_write_json
 
 MANIFEST_FILE = "revisions.json"
+# The remedy when the template alone overruns the revision prompt's budget (the context window less max_new_tokens).
+TOO_LONG_FIX = "lower max_new_tokens or shorten the revision template"
 
 
 def revision_file(output_dir: str | os.PathLike, revision: int) -> Path:
@@ -57,7 +59,7 @@ def revision_prompts(template, tokenizer, prompts: Sequence[Prompt], drafts: Seq
     """T(x, y) for each prompt x and its draft y: token ids cut to `max_prompt_tokens` (draft first, then prompt),
     or with `token_ids=False` the rendered text or chat messages (uncut)."""
     if token_ids:
-        return [template.prompt_ids(tokenizer, prompt, draft, max_tokens=max_prompt_tokens)
+        return [template.prompt_ids(tokenizer, prompt, draft, max_tokens=max_prompt_tokens, fix=TOO_LONG_FIX)
                 for prompt, draft in zip(prompts, drafts, strict=True)]
     return [template.render(prompt, draft) for prompt, draft in zip(prompts, drafts, strict=True)]
 

@@ -11,7 +11,7 @@ docs/methods.md §4).
 - `_compute_loss`: TRL's GRPO loss with the non-mid rows masked out, plus each row's GAL share
   (`gal_row_loss`) and the hard rows' SFT on the teacher trace, normalised per group as `dypo_loss` is.
 
-Rewards (exact match, or `math-verify`) come from the construction hook in `posttrain.trainers.dypo_data`.
+Rewards (exact match, or `math-verify`) come from the construction hook in `posttrain.trainers.dypo_rewards`.
 """
 
 from __future__ import annotations
@@ -275,15 +275,18 @@ class DYPOTrainer(GRPOTrainer):
         chosen = rows if rows.numel() else torch.zeros(1, dtype=torch.long, device=teacher_mask.device)
         ids = torch.cat([inputs["prompt_ids"][chosen], inputs["dypo_teacher_ids"][chosen]], dim=1)
         attention = torch.cat([inputs["prompt_mask"][chosen], teacher_mask[chosen]], dim=1)
-        logps = self._teacher_logps(model, ids, attention, teacher_mask.size(1))
+        if self.temperature == 1.0:  # TRL's fused head is then at temperature 1, and keeps no (rows, length, V) logits
+            logps, _, _ = self._get_per_token_logps_and_entropies(model, ids, attention, teacher_mask.size(1))
+        else:
+            logps = self._teacher_logps(model, ids, attention, teacher_mask.size(1))
         nll = sequence_nll(logps, teacher_mask[chosen], self.args.sft_normalization)
         return (nll if rows.numel() else nll * 0.0), rows
 
     @staticmethod
     def _teacher_logps(model, ids: torch.Tensor, attention: torch.Tensor, length: int) -> torch.Tensor:
         """Per-token log-probs of the last `length` tokens at temperature 1: L_SFT is the plain -logp(tau|q), while
-        TRL's fused head (the GRPO forward) divides the logits by the sampling temperature. Only the teacher rows'
-        logits exist, for `length` positions."""
+        TRL's fused head (the GRPO forward) divides the logits by the sampling temperature. A plain forward: the
+        teacher rows' logits exist for `length` positions (docs/methods.md §4)."""
         logits = model(input_ids=ids, attention_mask=attention, logits_to_keep=length + 1, use_cache=False).logits
         return selective_log_softmax(logits[:, :-1].float(), ids[:, -length:])
 

@@ -16,7 +16,7 @@ import torch
 
 from posttrain.errors import UsageError
 from posttrain.losses import SRPO_SEQUENCE_NAMES, srpo_loss
-from posttrain.revision import DEFAULT_REVISION_TEMPLATE, RevisionTemplate, completion_text, template_problem
+from posttrain.revision import DEFAULT_REVISION_TEMPLATE, RevisionTemplate, completion_text
 from posttrain.trainers.dpo import DPOConfig, DPOTrainer
 from posttrain.trainers.logprobs import PAIR, Sequence
 
@@ -44,9 +44,7 @@ class SRPOConfig(DPOConfig):
 
     def __post_init__(self):
         super().__post_init__()
-        problem = template_problem(self.revision_template)
-        if problem:
-            raise ValueError(f"revision_template {problem}")
+        RevisionTemplate(self.revision_template)  # a ValueError naming what is wrong with a bad template
         if not 0 <= self.alpha <= 1:
             raise ValueError(f"alpha must be in [0, 1], got {self.alpha}")
         if list(self.loss_type) != ["sigmoid"]:
@@ -78,6 +76,20 @@ def _revision_columns(example: dict, tokenizer, template: RevisionTemplate, max_
                                                               completion_text(example[draft], tokenizer.eos_token),
                                                               budget)
             for draft in ("chosen", "rejected")}
+
+
+def construction_hook(recipe, tokenizer, train_dataset, eval_dataset) -> dict:
+    """No extra trainer arguments: checks, before the run folder is made, that the revision template around the
+    first row's prompt leaves at least one of max_length's tokens for a completion."""
+    from trl.data_utils import maybe_extract_prompt
+
+    max_length, row = recipe.training.max_length, next(iter(train_dataset), None)
+    if max_length is not None and row is not None:  # the ids of an empty draft: the template's length check alone
+        RevisionTemplate(recipe.training.revision_template).prompt_ids(
+            tokenizer, maybe_extract_prompt(row)["prompt"], "", max_length - 1,
+            fix=f"raise max_length (now {max_length}, one token of it kept for the completion) or shorten "
+                "revision_template")
+    return {}
 
 
 class SRPOTrainer(DPOTrainer):

@@ -21,9 +21,9 @@ def _title_overlaps(fig) -> list[str]:
 @pytest.mark.parametrize("panels", [1, 3, 5])
 def test_figure_title_does_not_overlap_panel_titles(panels, tmp_path, monkeypatch):
     overlaps = []
-    save = report._save_figure
-    monkeypatch.setattr(report, "_save_figure", lambda fig, path: (overlaps.extend(_title_overlaps(fig)),
-                                                                   save(fig, path)))
+    save = report.save_figure
+    monkeypatch.setattr(report, "save_figure", lambda fig, path: (overlaps.extend(_title_overlaps(fig)),
+                                                                  save(fig, path)))
     series = {f"metric_{i}": [(1, 1.0), (2, 0.5)] for i in range(panels)}
     assert report.plot_series(series, list(series), tmp_path / "metrics.png", "key metrics")
     assert (tmp_path / "metrics.png").exists() and overlaps == []

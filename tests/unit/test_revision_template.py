@@ -76,6 +76,8 @@ def test_a_budget_smaller_than_the_template_is_a_usage_error(tokenizer):
     fixed = TEMPLATE.template_length(tokenizer, "p")
     with pytest.raises(UsageError, match=f"the revision template alone takes {fixed} tokens"):
         TEMPLATE.prompt_ids(tokenizer, "p", "d", max_tokens=fixed - 1)
+    with pytest.raises(UsageError, match=f"more than the {fixed - 1} available; lower max_new_tokens$"):
+        TEMPLATE.prompt_ids(tokenizer, "p", "d", max_tokens=fixed - 1, fix="lower max_new_tokens")
 
 
 def test_a_chat_template_that_does_not_keep_the_content_is_a_usage_error(tokenizer):

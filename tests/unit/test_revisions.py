@@ -77,7 +77,7 @@ def test_token_id_prompts_are_the_templates_ids_within_the_budget_except_for_ope
     class IdTemplate:
         text = "{prompt}{draft}"
 
-        def prompt_ids(self, tokenizer, prompt, draft, max_tokens=None):
+        def prompt_ids(self, tokenizer, prompt, draft, max_tokens=None, fix=None):
             return [len(prompt), len(draft), max_tokens]
 
         def render(self, prompt, draft):
@@ -100,11 +100,11 @@ def test_revisions_need_a_template_one_sample_and_a_non_negative_count(tmp_path)
         generate_revisions(FakeGenerator(), PROMPTS, TEMPLATE, None, SamplingParams(), -1, tmp_path)
 
     class TooLong:
-        def prompt_ids(self, tokenizer, prompt, draft, max_tokens=None):
-            raise UsageError(f"the revision template alone takes more than {max_tokens} tokens")
+        def prompt_ids(self, tokenizer, prompt, draft, max_tokens=None, fix=None):
+            raise UsageError(f"the revision template alone takes more than {max_tokens} tokens; {fix}")
 
     generator = FakeGenerator("transformers:m")
-    with pytest.raises(UsageError, match="more than 9 tokens"):
+    with pytest.raises(UsageError, match="more than 9 tokens; lower max_new_tokens"):
         generate_revisions(generator, PROMPTS, TooLong(), None, SamplingParams(), 1, tmp_path, max_prompt_tokens=9)
     assert generator.seen == [] and not any(tmp_path.iterdir())
 
