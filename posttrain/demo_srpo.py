@@ -226,7 +226,7 @@ def plot_by_revision(results: dict, key: str, path: Path, ylabel: str) -> None:
         ax.set_xlabel("revision")
         ax.grid(alpha=0.3)
     axes[0].set_ylabel(ylabel)
-    axes[-1].legend(fontsize="small")
+    axes[-1].legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.02, 1))  # outside: lines overlap
     fig.suptitle(f"{ylabel} by revision (mean of seeds {', '.join(map(str, results['seeds']))})")
     save_figure(fig, path)
     plt.close(fig)

@@ -29,9 +29,6 @@ import tempfile
 from pathlib import Path
 
 METHODS = ("dpo", "srpo")
-# A short template: 15 text tokens on the toy tokenizer; the toy recipe uses the default (DEFAULT_REVISION_TEMPLATE,
-# 24), so sort8-sized runs here understate the toy recipe's revision sequences by 9 tokens each.
-TEMPLATE = "{prompt}\ndraft: {draft}\nfix it:"
 
 
 def parse_args(argv=None):
@@ -91,7 +88,7 @@ def trainer_for(method: str, model_path: str, workdir: Path, data, args):
               "gradient_checkpointing": False, "report_to": "none", "save_strategy": "no", "logging_steps": 1000,
               "dataloader_num_workers": 0, "seed": 0, "disable_tqdm": True,
               "ref_logps_cache_dir": str(workdir / "cache"), **device}
-    config = SRPOConfig(revision_template=TEMPLATE, **common) if method == "srpo" else DPOConfig(**common)
+    config = SRPOConfig(**common) if method == "srpo" else DPOConfig(**common)  # SRPO: the default template
     trainer_class = SRPOTrainer if method == "srpo" else DPOTrainer
     return trainer_class(model=load_causal_lm(model_path), args=config, train_dataset=data,
                          processing_class=load_tokenizer(model_path))
