@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import logging
 import math
+import os
+import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -17,8 +19,10 @@ from pathlib import Path
 
 # Loggers of libraries that use the standard `logging` tree (transformers and datasets have their own switches).
 LIBRARY_LOGGERS = ("trl", "accelerate", "peft", "DeepSpeed")
+VLLM_LEVEL_VARIABLE = "VLLM_LOGGING_LEVEL"
 HIDDEN_METRICS = frozenset({"epoch", "num_tokens", "total_flos", "step"})
 SHORT_NAMES = {"learning_rate": "lr"}
+MAX_LINE_METRICS = 12  # the loss, the method's report metrics, lr and grad_norm come first
 # Inside a demo or another pipeline that prints its own line per stage: no bars, metric lines or summaries.
 _SILENT: ContextVar[bool] = ContextVar("posttrain_console_silent", default=False)
 
@@ -28,6 +32,27 @@ class _BelowError(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         return record.levelno >= logging.ERROR
+
+
+@contextmanager
+def quiet_vllm_import() -> Iterator[None]:
+    """Hide what importing vLLM (directly, or through TRL's GRPO) prints that is not an error: vLLM sets its logger
+    up from VLLM_LOGGING_LEVEL when first imported (e.g. "Triton ... doesn't include CPU backend"), and TRL warns
+    that it supports vLLM only up to an older version (the pinned vLLM is tested with it here)."""
+    level = os.environ.get(VLLM_LEVEL_VARIABLE)
+    os.environ.setdefault(VLLM_LEVEL_VARIABLE, "ERROR")
+    # Some modules log before vLLM's logger is configured, through logging's last-resort handler: a handler on
+    # the "vllm" logger takes those records instead.
+    vllm_logger, no_output = logging.getLogger("vllm"), logging.NullHandler()
+    vllm_logger.addHandler(no_output)
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="TRL currently supports vLLM versions")
+            yield
+    finally:
+        vllm_logger.removeHandler(no_output)
+        if level is None:
+            os.environ.pop(VLLM_LEVEL_VARIABLE, None)
 
 
 @contextmanager
@@ -41,6 +66,8 @@ def quiet_libraries(verbose: bool = False) -> Iterator[None]:
     import huggingface_hub.utils as hub
     import transformers.utils.logging as hf_logging
 
+    vllm_quiet = quiet_vllm_import()
+    vllm_quiet.__enter__()
     hf_verbosity, hf_bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
     datasets_verbosity, datasets_bars = datasets.utils.logging.get_verbosity(), datasets.is_progress_bar_enabled()
     hub_bars_disabled = hub.are_progress_bars_disabled()
@@ -63,6 +90,7 @@ def quiet_libraries(verbose: bool = False) -> Iterator[None]:
         datasets.utils.logging.set_verbosity(datasets_verbosity)
         datasets.enable_progress_bars() if datasets_bars else datasets.disable_progress_bars()
         hub.disable_progress_bars() if hub_bars_disabled else hub.enable_progress_bars()
+        vllm_quiet.__exit__(None, None, None)
 
 
 @contextmanager
@@ -88,12 +116,15 @@ def format_value(name: str, value) -> str:
 
 
 def metric_line(step: int, max_steps: int, logs: dict, report_metrics: Sequence[str] = ()) -> str:
-    """`step 4/10  loss 4.981  <the method's report metrics>  lr 7.9e-04  grad_norm 3.539  <the rest>`."""
+    """`step 4/10  loss 4.981  <the method's report metrics>  lr 7.9e-04  grad_norm 3.539  <the rest>`, at most
+    `MAX_LINE_METRICS` values (every value is in metrics.jsonl)."""
     numbers = {k: v for k, v in logs.items() if k not in HIDDEN_METRICS and isinstance(v, int | float)
                and not (isinstance(v, float) and math.isnan(v))}
     order = [k for k in ("loss", *report_metrics, "learning_rate", "grad_norm") if k in numbers]
     order += [k for k in numbers if k not in order]
-    fields = [f"{SHORT_NAMES.get(k, k)} {format_value(k, numbers[k])}" for k in order]
+    fields = [f"{SHORT_NAMES.get(k, k)} {format_value(k, numbers[k])}" for k in order[:MAX_LINE_METRICS]]
+    if len(order) > MAX_LINE_METRICS:  # GRPO logs some 25 values a step; the line stays readable
+        fields.append(f"(+{len(order) - MAX_LINE_METRICS} more in metrics.jsonl)")
     return "  ".join([f"step {step}/{max_steps}", *fields])
 
 

@@ -20,10 +20,10 @@ import random
 from dataclasses import dataclass, field
 
 import torch
-from trl import GRPOConfig, GRPOTrainer
 from trl.data_utils import apply_chat_template, is_conversational
 from trl.trainer.utils import selective_log_softmax
 
+from posttrain.console import quiet_vllm_import
 from posttrain.losses import (
     DYPO_SFT_NORMALIZATIONS,
     GAL_PAIRINGS,
@@ -37,6 +37,9 @@ from posttrain.losses import (
     route_groups,
     sequence_nll,
 )
+
+with quiet_vllm_import():  # TRL's GRPO module imports vLLM when it is installed
+    from trl import GRPOConfig, GRPOTrainer
 
 ANSWER_REWARDS = ("exact_match", "math_verify")
 

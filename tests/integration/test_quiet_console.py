@@ -34,3 +34,14 @@ def test_short_run_prints_bars_metric_lines_and_a_summary_with_the_accuracy(tiny
     accuracy = json.loads((run_dir / "eval.json").read_text())["accuracy"]
     assert f"posttrain: eval sort8: accuracy {accuracy:.3f} on 8 held-out prompts" in printed
     assert "win rate vs baseline" in printed and f"posttrain: run folder {run_dir}" in printed
+
+
+def test_importing_the_grpo_based_trainer_prints_nothing():
+    """TRL's GRPO module imports vLLM, which logs a Triton line on CPU, and TRL warns about vLLM's version: neither
+    reaches a quiet console (a fresh process, so the import really happens)."""
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-c", "import posttrain.trainers.dypo"], capture_output=True, text=True,
+                          check=True)
+    assert done.stdout == "" and done.stderr == ""

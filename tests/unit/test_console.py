@@ -66,3 +66,14 @@ def test_verbose_keeps_the_trainers_own_progress_callback():
     use_console(quiet)
     assert [type(c).__name__ for c in verbose.callbacks] == ["ProgressCallback"]
     assert [type(c).__name__ for c in quiet.callbacks] == ["ConsoleCallback"]
+
+
+def test_metric_line_keeps_the_first_values_and_counts_the_rest():
+    """GRPO-based methods log some 25 values a step: the line shows the first MAX_LINE_METRICS in priority order."""
+    from posttrain.console import MAX_LINE_METRICS
+
+    logs = {"loss": 1.0, **{f"extra/{i}": float(i) for i in range(20)}, "dypo/hard_share": 0.25}
+    line = metric_line(2, 4, logs, ("dypo/hard_share",))
+    assert line.startswith("step 2/4  loss 1  dypo/hard_share 0.25  extra/0 0  ")
+    assert line.count("extra/") == MAX_LINE_METRICS - 2
+    assert line.endswith(f"(+{len(logs) - MAX_LINE_METRICS} more in metrics.jsonl)")
