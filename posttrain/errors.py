@@ -37,6 +37,17 @@ class OneLineArgumentParser(argparse.ArgumentParser):
         raise UsageError(f"{self.prog}: {message}" if " " in self.prog else message)
 
 
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """The module docstring as written, and each option's default (where it has one) after its help (the CLIs of
+    `posttrain generate` and `posttrain eval winrate`)."""
+
+    def _get_help_string(self, action):
+        if action.help and action.default is not None and action.default is not False \
+                and action.default != argparse.SUPPRESS:
+            return f"{action.help} (default: %(default)s)"
+        return action.help
+
+
 def exit_on_usage_error(func: Callable[..., T]) -> Callable[..., T]:
     """Turn a `UsageError` raised by `func` into `posttrain: error: <message>` on stderr and exit code 2, and Ctrl-C
     (SIGINT) or SIGTERM into `posttrain: interrupted; ...` and exit code 130 or 143, without a traceback."""

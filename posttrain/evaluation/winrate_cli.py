@@ -22,8 +22,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from posttrain.console import quiet_libraries
-from posttrain.errors import OneLineArgumentParser, UsageError, exit_on_usage_error
+from posttrain.errors import HelpFormatter, OneLineArgumentParser, UsageError, exit_on_usage_error
 from posttrain.evaluation.winrate import avg_length, winrate_metrics
+from posttrain.generation.generate_cli import add_generation_arguments
 from posttrain.io import atomic_write_json, read_json_list
 
 JUDGE_KINDS = ("rule", "reward", "llm", "llm-openai")
@@ -316,17 +317,6 @@ def _failed_judge_fix(judge, args) -> str:
     return "use a stronger judge model or a different judge"
 
 
-class HelpFormatter(argparse.RawDescriptionHelpFormatter):
-    """The module docstring as written, and each option's default (where it has one) after its help (also
-    `posttrain generate`'s)."""
-
-    def _get_help_string(self, action):
-        if action.help and action.default is not None and action.default is not False \
-                and action.default != argparse.SUPPRESS:
-            return f"{action.help} (default: %(default)s)"
-        return action.help
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = OneLineArgumentParser(prog="posttrain eval winrate", description=__doc__, formatter_class=HelpFormatter)
     parser.add_argument("--annotations", help="score an AlpacaEval annotations JSON file and stop")
@@ -343,17 +333,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--judge", default=None, help="rule:<task> | reward:<path> | llm:<path> | "
                                                      "llm-openai:<base_url>#<model>")
     parser.add_argument("--judge_seed", type=int, default=0, help="seed of the per-example output order")
-    parser.add_argument("--backend", default="auto", choices=["auto", "vllm", "transformers"],
-                        help="generation backend (auto: vLLM when installed)")
     parser.add_argument("--judge_labels", default="a,b", help="the LLM judge's two answer labels")
     parser.add_argument("--judge_backend", default=None, choices=["auto", "vllm", "transformers"],
                         help="backend of an llm: judge (default: --backend)")
-    parser.add_argument("--batch_size", type=int, default=64, help="prompts per generation batch")
-    parser.add_argument("--max_new_tokens", type=int, default=256,
-                        help="new tokens per output, capped at what the generating model's context leaves")
-    parser.add_argument("--temperature", type=float, default=0.0, help="sampling temperature (0: greedy)")
-    parser.add_argument("--top_p", type=float, default=1.0, help="nucleus sampling threshold")
-    parser.add_argument("--seed", type=int, default=0, help="sampling seed")
+    add_generation_arguments(parser)
     parser.add_argument("--name", default=None, help="the model's name in the outputs (default: from the source)")
     parser.add_argument("--reference_name", default=None, help="the reference's name (default: from the source)")
     parser.add_argument("--output_dir", required=True, help="folder for the outputs, annotations and caches")

@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from posttrain.errors import OneLineArgumentParser, UsageError, exit_on_usage_error
+from posttrain.errors import HelpFormatter, OneLineArgumentParser, UsageError, exit_on_usage_error
 from posttrain.revision import DRAFT_SLOT, PROMPT_SLOT, RevisionTemplate, template_problem
 
 
@@ -82,9 +82,19 @@ def _no_template(spec: str):
                      "template text")
 
 
-def build_parser():
-    from posttrain.evaluation.winrate_cli import HelpFormatter
+def add_generation_arguments(parser) -> None:
+    """The generation options `posttrain generate` and `posttrain eval winrate` share."""
+    parser.add_argument("--backend", default="auto", choices=["auto", "vllm", "transformers"],
+                        help="generation backend (auto: vLLM when installed)")
+    parser.add_argument("--batch_size", type=int, default=64, help="prompts per generation batch")
+    parser.add_argument("--max_new_tokens", type=int, default=256,
+                        help="new tokens per output, capped at what the generating model's context leaves")
+    parser.add_argument("--temperature", type=float, default=0.0, help="sampling temperature (0: greedy)")
+    parser.add_argument("--top_p", type=float, default=1.0, help="nucleus sampling threshold")
+    parser.add_argument("--seed", type=int, default=0, help="sampling seed")
 
+
+def build_parser():
     parser = OneLineArgumentParser(prog="posttrain generate", description=__doc__, formatter_class=HelpFormatter)
     parser.add_argument("--model", required=True, help="model folder (e.g. a training run's output_dir) or hub id")
     parser.add_argument("--prompts", required=True, help="JSON/JSONL file with instruction or prompt rows, "
@@ -95,14 +105,7 @@ def build_parser():
     parser.add_argument("--revision_template", default=None,
                         help="JSON file {\"text\": ...} or text with {prompt} and {draft} (default: the model "
                              "folder's revision_template.json)")
-    parser.add_argument("--backend", default="auto", choices=["auto", "transformers", "vllm"],
-                        help="generation backend (auto: vLLM when installed)")
-    parser.add_argument("--batch_size", type=int, default=64, help="prompts per generation batch")
-    parser.add_argument("--max_new_tokens", type=int, default=256,
-                        help="new tokens per output, capped at what the model's context leaves")
-    parser.add_argument("--temperature", type=float, default=0.0, help="sampling temperature (0: greedy)")
-    parser.add_argument("--top_p", type=float, default=1.0, help="nucleus sampling threshold")
-    parser.add_argument("--seed", type=int, default=0, help="sampling seed")
+    add_generation_arguments(parser)
     parser.add_argument("--limit", type=int, default=None, help="use the first N prompts (default: all)")
     parser.add_argument("--name", default=None, help="the outputs' generator name (default: the model's)")
     parser.add_argument("--verbose", action="store_true", help="show every library log line and progress bar")
