@@ -144,3 +144,18 @@ def validate_columns(dataset, kind: str, name: str = "dataset") -> None:
     missing = sorted(set(REQUIRED_COLUMNS[kind]) - columns)
     raise UsageError(f"{name} is missing column(s) {', '.join(missing)} needed for {kind} data "
                      f"(has: {', '.join(sorted(columns))})")
+
+
+def load_prompt_dataset(source: str, setting: str, split: str | None = None, limit: int | None = None):
+    """(dataset, column) for a file, `pg:` spec or hub id of prompts named by the option `setting` (e.g.
+    `--prompts`): its `prompt` column, else its `instruction` column. The split defaults to `test` for `pg:` specs
+    (held-out prompts) and `train` otherwise."""
+    check_dataset_path(source, setting)
+    dataset = load_any_dataset(source, split or ("test" if source.startswith("pg:") else "train"),
+                               num_examples=limit)
+    columns = set(dataset.column_names)
+    column = "prompt" if "prompt" in columns else "instruction" if "instruction" in columns else None
+    if column is None:
+        raise UsageError(f"{setting} {source!r} needs a 'prompt' or 'instruction' column "
+                         f"(has: {', '.join(sorted(columns))})")
+    return dataset, column

@@ -112,17 +112,9 @@ def instruction_rows(args) -> list[dict]:
         rows = read_json_list(args.model_outputs, "model outputs", OUTPUT_KEYS)
         return [{"instruction": r["instruction"], "prompt": _as_chat(r["instruction"])}
                 for r in rows[:args.max_instructions]]
-    from posttrain.data import load_any_dataset
-    from posttrain.data.loading import check_dataset_path
+    from posttrain.data.loading import load_prompt_dataset
 
-    check_dataset_path(args.instructions, "--instructions")
-    split = args.split or ("test" if args.instructions.startswith("pg:") else "train")
-    dataset = load_any_dataset(args.instructions, split, num_examples=args.max_instructions)
-    columns = set(dataset.column_names)
-    key = "prompt" if "prompt" in columns else "instruction" if "instruction" in columns else None
-    if key is None:
-        raise UsageError(f"instructions {args.instructions!r} need a 'prompt' or 'instruction' column "
-                         f"(has: {', '.join(sorted(columns))})")
+    dataset, key = load_prompt_dataset(args.instructions, "--instructions", args.split, args.max_instructions)
     rows = []
     for record in dataset:
         prompt = _as_chat(record[key])

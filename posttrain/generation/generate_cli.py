@@ -24,17 +24,9 @@ from posttrain.revision import DRAFT_SLOT, PROMPT_SLOT, RevisionTemplate, templa
 
 def read_prompts(source: str, split: str | None, limit: int | None) -> list:
     """The prompts of a dataset's rows: `prompt` (text or chat messages) or `instruction` (as a user message)."""
-    from posttrain.data import load_any_dataset
-    from posttrain.data.loading import check_dataset_path
+    from posttrain.data.loading import load_prompt_dataset
 
-    check_dataset_path(source, "--prompts")
-    dataset = load_any_dataset(source, split or ("test" if source.startswith("pg:") else "train"),
-                               num_examples=limit)
-    columns = set(dataset.column_names)
-    key = "prompt" if "prompt" in columns else "instruction" if "instruction" in columns else None
-    if key is None:
-        raise UsageError(f"prompts {source!r} need an 'instruction' or 'prompt' column "
-                         f"(has: {', '.join(sorted(columns))})")
+    dataset, key = load_prompt_dataset(source, "--prompts", split, limit)
     prompts = []
     for index, value in enumerate(dataset[key]):
         if key == "instruction" and isinstance(value, str):

@@ -129,7 +129,7 @@ def test_prompts_file_rows_become_chat_instructions_or_prompts_as_given(tmp_path
     path.write_text(json.dumps({"prompt": "sort 31"}) + "\n")
     assert read_prompts(str(path), None, None) == ["sort 31"]
     path.write_text(json.dumps({"text": "sort 31"}) + "\n")
-    with pytest.raises(UsageError, match="'instruction' or 'prompt' column"):
+    with pytest.raises(UsageError, match="--prompts .* needs a 'prompt' or 'instruction' column"):
         read_prompts(str(path), None, None)
 
 
