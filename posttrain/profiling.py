@@ -8,7 +8,10 @@ propagates activation gradients through them, so about 2x the forward.
 
 from __future__ import annotations
 
+import json
 import statistics
+import subprocess
+import sys
 import time
 
 H100_SXM_BF16_DENSE_FLOPS = 989e12  # NVIDIA's spec sheet, dense (no sparsity)
@@ -55,6 +58,22 @@ def peak_memory_mib(device: str) -> float:
     import resource
 
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+RESULT_PREFIX = "BENCH "  # a worker process prints its result as one line: BENCH <json>
+
+
+def run_workers_interleaved(script: str, configs, repeats: int, worker_args: list[str]) -> dict[str, list[dict]]:
+    """Run `script --worker <config> <worker_args>` in a fresh process per configuration, `repeats` rounds with the
+    configurations interleaved (so a slow phase of a shared machine hits them alike); each worker prints its
+    result as `RESULT_PREFIX + json`. Returns {config: [result per round]}."""
+    results: dict[str, list[dict]] = {name: [] for name in configs}
+    for _ in range(repeats):
+        for name in configs:
+            out = subprocess.run([sys.executable, script, "--worker", name, *worker_args], capture_output=True,
+                                 text=True, check=True).stdout
+            results[name].append(json.loads(out.split(RESULT_PREFIX, 1)[1].splitlines()[0]))
+    return results
 
 
 def linear_weights(model) -> int:

@@ -18,13 +18,13 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import subprocess
-import sys
 import tempfile
 import zlib
 from pathlib import Path
 
 from bench_rpo import build_model  # scripts/ is on sys.path when this file runs as a script
+
+from posttrain.profiling import RESULT_PREFIX, run_workers_interleaved
 
 CONFIGS = ("trl-grpo", "dypo")
 
@@ -95,25 +95,17 @@ def worker(args) -> dict:
             "parameters": sum(p.numel() for p in trainer.model.parameters())}
 
 
-def run_worker(name: str, tmp: str, args) -> dict:
-    forwarded = [f"--{k}={getattr(args, k)}" for k in ("hidden", "layers", "prompts", "k", "completion_len", "warmup",
-                                                       "steps")]
-    cmd = [sys.executable, __file__, "--worker", name, "--workdir", tmp, *forwarded, *(["--cuda"] if args.cuda else [])]
-    out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
-    return json.loads(out.split("BENCH ", 1)[1].splitlines()[0])
-
-
 def main(argv=None) -> dict:
     args = parse_args(argv)
     if args.worker:
-        print("BENCH " + json.dumps(worker(args)), flush=True)
+        print(RESULT_PREFIX + json.dumps(worker(args)), flush=True)
         return {}
     with tempfile.TemporaryDirectory(prefix="bench-dypo-") as tmp:
         build_model(Path(tmp), args.hidden, args.layers)
-        results: dict[str, list[dict]] = {name: [] for name in CONFIGS}
-        for _ in range(args.repeats):
-            for name in CONFIGS:
-                results[name].append(run_worker(name, tmp, args))
+        forwarded = [f"--{k}={getattr(args, k)}" for k in ("hidden", "layers", "prompts", "k", "completion_len",
+                                                           "warmup", "steps")]
+        results = run_workers_interleaved(__file__, CONFIGS, args.repeats,
+                                          ["--workdir", tmp, *forwarded, *(["--cuda"] if args.cuda else [])])
     summary = {name: {"median_step_s": statistics.median(r["median_step_s"] for r in runs),
                       "step_s_per_repeat": [round(r["median_step_s"], 4) for r in runs],
                       "peak_memory_mib": max(r["peak_memory_mib"] for r in runs)}

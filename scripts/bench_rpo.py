@@ -20,10 +20,10 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import subprocess
-import sys
 import tempfile
 from pathlib import Path
+
+from posttrain.profiling import RESULT_PREFIX, run_workers_interleaved
 
 CONFIGS = ("trl-sigmoid-sft", "rpo-token", "rpo-sum", "rpo-live-ref")
 
@@ -104,19 +104,14 @@ def worker(args) -> dict:
 def main(argv=None) -> dict:
     args = parse_args(argv)
     if args.worker:
-        print("BENCH " + json.dumps(worker(args)), flush=True)
+        print(RESULT_PREFIX + json.dumps(worker(args)), flush=True)
         return {}
     with tempfile.TemporaryDirectory(prefix="bench-rpo-") as tmp:
         workdir = Path(tmp)
         build_model(workdir, args.hidden, args.layers)
         forwarded = [f"--{k}={getattr(args, k)}" for k in ("hidden", "layers", "batch", "warmup", "steps")]
-        results: dict[str, list[dict]] = {name: [] for name in CONFIGS}
-        for _ in range(args.repeats):
-            for name in CONFIGS:
-                cmd = [sys.executable, __file__, "--worker", name, "--workdir", tmp, *forwarded,
-                       *(["--cuda"] if args.cuda else [])]
-                out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
-                results[name].append(json.loads(out.split("BENCH ", 1)[1].splitlines()[0]))
+        results = run_workers_interleaved(__file__, CONFIGS, args.repeats,
+                                          ["--workdir", tmp, *forwarded, *(["--cuda"] if args.cuda else [])])
     summary = {name: {"median_step_s": statistics.median(r["median_step_s"] for r in runs),
                       "peak_memory_mib": max(r["peak_memory_mib"] for r in runs),
                       "reference_model_loaded": runs[0]["reference_model_loaded"]}
