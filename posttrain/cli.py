@@ -101,6 +101,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "DeepSpeed ZeRO checkpoint: posttrain export <run-or-checkpoint> --output <dir>")
     commands.add_parser("generate", add_help=False, help="resumable AlpacaEval-format outputs of a model; "
                         "--revisions N: SRPO self-revision rounds: posttrain generate --help")
+    commands.add_parser("trace", add_help=False, help="causal tracing (ROME-style): where a model's facts live, "
+                        "effect heatmaps and suggested layers for unlearning: posttrain trace --help")
+    commands.add_parser("iterate", add_help=False, help="INPO's loop (or iterative DPO), resumable in every phase: "
+                        "posttrain iterate --config <recipe.yaml> [--key value ...]")
     commands.add_parser("methods", help="list registered methods").set_defaults(func=_methods)
     recipe = commands.add_parser("recipe", help="every recipe key of a method with its default and help; "
                                                 "--template: a commented starter recipe")
@@ -141,10 +145,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 # `posttrain eval <name> ...` forwards the rest of the command line to that evaluation's own parser.
 FORWARDED = {"train": "posttrain.train:main", "export": "posttrain.export:main",
-             "generate": "posttrain.generation.generate_cli:main"}
+             "generate": "posttrain.generation.generate_cli:main", "trace": "posttrain.tracing_cli:main",
+             "iterate": "posttrain.iterate_cli:main"}
 EVALUATIONS = {
     "winrate": "posttrain.evaluation.winrate_cli:main",
     "mmlu": "posttrain.evaluation.mmlu_cli:main",
+    "unlearning": "posttrain.evaluation.unlearning_cli:main",
 }
 
 

@@ -3,7 +3,8 @@
 Every judge has `annotate(instructions, references, outputs, answers=None) -> list[Annotation]`; an annotation
 whose judge could not decide has `preference=None` (it is counted as failed, never scored as a tie). `judge(...)`
 returns just the preferences; `annotate_cached` streams annotations to a resumable JSON-lines cache.
-docs/methods.md §6.1 (win rate).
+`judge_from_spec` builds a judge from a one-string spec (`posttrain eval winrate --judge`, `posttrain iterate`'s
+`judge`). docs/methods.md §6.1 (win rate) and §3 (INPO's ranking judge, the length-biased rule judge).
 """
 
 from __future__ import annotations
@@ -64,6 +65,21 @@ class RuleJudge(_Judge):
             model, base = self.score(output, answer), self.score(reference, answer)
             preference = MODEL_WINS if model > base else REFERENCE_WINS if base > model else TIE
             annotations.append(Annotation(preference, raw={"score_model": model, "score_reference": base}))
+        return annotations
+
+
+class LengthBiasedRuleJudge(RuleJudge):
+    """A rule judge with a documented length bias, as real LLM judges have (AlpacaEval's reason for its length-
+    controlled win rate): the rule score decides; on a tie the longer output (characters, surrounding whitespace
+    stripped) wins; equal lengths stay a tie. `raw["length_tie_break"]` marks the annotations the bias decided."""
+
+    def annotate(self, instructions, references, outputs, answers=None) -> list[Annotation]:
+        annotations = super().annotate(instructions, references, outputs, answers)
+        for annotation, reference, output in zip(annotations, references, outputs, strict=True):
+            model, base = len(output.strip()), len(reference.strip())
+            if annotation.preference == TIE and model != base:
+                annotation.preference = MODEL_WINS if model > base else REFERENCE_WINS
+                annotation.raw["length_tie_break"] = True
         return annotations
 
 
@@ -209,3 +225,44 @@ def annotate_cached(judge: PairwiseJudge, instructions: Sequence[str], reference
                          for i, a in zip(batch, found))
             bar.update(len(batch))
     return [store.done[key] for key in keys]
+
+
+JUDGE_KINDS = ("rule", "rule-longer", "reward", "llm", "llm-openai")
+JUDGE_SPECS = "rule:<task>, rule-longer:<task>, reward:<path>, llm:<path> or llm-openai:<base_url>#<model>"
+
+
+def judge_labels(labels: str | Sequence[str], setting: str = "judge_labels") -> tuple[str, str]:
+    """An LLM judge's two answer labels from "a,b" (or a pair), checked; `setting` names the option in the error."""
+    pair = tuple(labels.split(",")) if isinstance(labels, str) else tuple(labels)
+    if len(pair) != 2 or not all(pair) or pair[0] == pair[1]:
+        shown = labels if isinstance(labels, str) else ",".join(labels)
+        raise UsageError(f"{setting} {shown!r} must be two different labels, e.g. a,b")
+    return pair
+
+
+def judge_from_spec(spec: str, pool=None, labels: str | Sequence[str] = ("a", "b"), seed: int = 0,
+                    labels_setting: str = "judge_labels") -> PairwiseJudge:
+    """A judge from its spec (`JUDGE_SPECS`): `rule:<task>` (the task's programmatic score), `rule-longer:<task>`
+    (the same with ties to the longer output), `reward:<path>` (a sequence-classification reward model),
+    `llm:<path>` (a judge model served by `pool`, a `posttrain.generation.ModelPool`) or
+    `llm-openai:<base_url>#<model>` (an OpenAI-compatible server). `labels` and `seed` are the LLM judge's."""
+    kind, _, target = spec.partition(":")
+    if kind not in JUDGE_KINDS or not target:
+        raise UsageError(f"unknown judge {spec!r}; use {JUDGE_SPECS}")
+    if kind in ("rule", "rule-longer"):
+        from posttrain.data import get_task
+
+        judge_class = RuleJudge if kind == "rule" else LengthBiasedRuleJudge
+        return judge_class(get_task(target).score, name=spec)
+    if kind == "reward":
+        return RewardModelJudge.from_pretrained(target)
+    pair = judge_labels(labels, labels_setting)
+    if kind == "llm":
+        return LLMJudge(pool.lazy(target), seed=seed, labels=pair, name=spec)
+    base_url, _, model = target.partition("#")
+    if not model:
+        raise UsageError(f"judge {spec!r} needs the served model's name: llm-openai:<base_url>#<model>")
+    from posttrain.generation import OpenAICompatibleGenerator
+
+    return LLMJudge(OpenAICompatibleGenerator(base_url, model, show_progress=False), seed=seed, labels=pair,
+                    name=spec)  # annotate_cached draws the judging bar

@@ -7,6 +7,8 @@ averaged over the batch.
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 
@@ -166,3 +168,62 @@ def sequence_nll(token_logps: torch.Tensor, mask: torch.Tensor, normalization: s
         raise ValueError(f"unknown sft_normalization {normalization!r}; use one of {DYPO_SFT_NORMALIZATIONS}")
     return torch.stack([sft_loss(token_logps[i:i + 1], mask[i:i + 1], normalization)
                         for i in range(token_logps.size(0))]) if token_logps.size(0) else token_logps.sum(1)
+
+
+# --- INPO (docs/methods.md §3) ---------------------------------------------------------------------------------------
+def inpo_target(ref_margin: torch.Tensor, prev_margin: torch.Tensor, eta: float, tau: float) -> torch.Tensor:
+    """The value INPO pulls the policy margin D_pi to: (tau/eta)*D_ref + ((eta - tau)/eta)*D_t + 1/(2*eta)."""
+    return (tau / eta) * ref_margin + ((eta - tau) / eta) * prev_margin + 1.0 / (2.0 * eta)
+
+
+def inpo_loss(policy_margin: torch.Tensor, ref_margin: torch.Tensor, prev_margin: torch.Tensor, eta: float,
+              tau: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """INPO (Zhang et al. 2024, docs/methods.md §3): L = mean((D_pi - target)^2), `inpo_target` above.
+
+    Each margin is (B,) logp(y_w|x) - logp(y_l|x) of summed completion log-probs: D_pi under the policy, D_ref
+    under pi_ref (pi_0) and D_t under the previous iterate pi_t. With D_t = D_ref (iteration 0) this is IPO on
+    summed log-probs with IPO's temperature eta: ((D_pi - D_ref) - 1/(2*eta))^2, whatever tau is.
+    Returns (L, target, residual = D_pi - target); target and residual are (B,) and carry no gradient.
+    """
+    target = inpo_target(ref_margin, prev_margin, eta, tau).detach()
+    residual = policy_margin - target
+    return (residual ** 2).mean(), target, residual.detach()
+
+
+# --- Unlearning (docs/methods.md §5.2) -------------------------------------------------------------------------------
+def token_nll(token_logps: torch.Tensor, mask: torch.Tensor, num_tokens: torch.Tensor | None = None) -> torch.Tensor:
+    """Cross-entropy as a token mean over the masked (output) tokens: -sum(logp * mask) / num_tokens. `num_tokens`
+    defaults to mask.sum(); a trainer passes the count over every process so the mean is the global batch's."""
+    count = mask.sum() if num_tokens is None else num_tokens
+    return -(token_logps * mask).sum() / torch.as_tensor(count, dtype=token_logps.dtype).clamp(min=1)
+
+
+def unlearn_joint_loss(ce_forget: torch.Tensor, ce_retain: torch.Tensor, alpha: float) -> torch.Tensor:
+    """The paper's constrained-unlearning loss L = -CE_forget + alpha * CE_retain. With alpha fixed this is gradient
+    difference (alpha 1 in open-unlearning's GradDiff); with alpha 0, gradient ascent."""
+    return -ce_forget + alpha * ce_retain
+
+
+def npo_loss(logps: torch.Tensor, ref_logps: torch.Tensor, beta: float,
+             num_sequences: torch.Tensor | None = None) -> torch.Tensor:
+    """NPO (Zhang et al. 2024): mean over forget sequences of -(2/beta) log sigmoid(-beta (logp - logp_ref)), with
+    summed completion log-probs. `num_sequences` (default: len(logps)) is the divisor, as `token_nll`'s."""
+    count = logps.numel() if num_sequences is None else num_sequences
+    total = (-(2.0 / beta) * F.logsigmoid(-beta * (logps - ref_logps))).sum()
+    return total / torch.as_tensor(count, dtype=logps.dtype).clamp(min=1)
+
+
+def unlearn_alpha(delta: float | None, a: float = 0.3, b: float = 6.0, c: float = 0.8, low: float = 1.2,
+                  high: float = 2.8, decimals: int | None = None) -> float:
+    """The adaptive retain weight alpha = clip(a * b**delta + c, low, high), delta = the retain CE's rise above its
+    epoch-0 mean. `delta` None (epoch 0, no baseline yet) gives `low`. `decimals` rounds the unclipped value first,
+    as the authors' code does (one decimal)."""
+    if delta is None:
+        return low
+    try:
+        gamma = a * b ** delta + c
+    except OverflowError:  # a retain CE far above its baseline: alpha is `high` anyway
+        gamma = math.inf
+    if decimals is not None:
+        gamma = round(gamma, decimals)
+    return min(max(gamma, low), high)

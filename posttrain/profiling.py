@@ -13,6 +13,7 @@ import statistics
 import subprocess
 import sys
 import time
+from collections import Counter
 
 H100_SXM_BF16_DENSE_FLOPS = 989e12  # NVIDIA's spec sheet, dense (no sparsity)
 
@@ -95,3 +96,71 @@ def step_flops(model_config, linear_params: int, tokens: int, seq_len: int, weig
     forward = forward_flops_per_token(linear_params, model_config.num_hidden_layers, seq_len,
                                       model_config.num_attention_heads * head_dim)
     return tokens * forward * ((3 if weight_grads else 2) + extra_forwards)
+
+
+def _walk(nodes):
+    for node in nodes:
+        yield node
+        yield from _walk(node.children)
+
+
+def summarize_profile(profiler, wall_s: float) -> dict:
+    """One profiled step: operator and kernel counts, GPU-busy fraction, and (with `profile_memory`) the peak growth
+    of CPU tensor memory, read from the allocator's running total that the profiler records at every allocation."""
+    import torch
+    from torch._C._profiler import _EventType
+
+    events = profiler.events()
+    ops = [e for e in events if e.name.startswith("aten::") and e.device_type == torch.autograd.DeviceType.CPU]
+    # Leaf operators (no aten operator below them) are the ones that launch kernels, so their count is a
+    # device-agnostic measure of per-step launch overhead.
+    leaves = Counter(e.name for e in ops if not any(c.name.startswith("aten::") for c in e.cpu_children))
+    summary = {"profiled_step_s": round(wall_s, 4), "aten_ops": len(ops), "leaf_ops": sum(leaves.values()),
+               "leaf_op_counts": dict(leaves.most_common())}
+    kernels = [e for e in events if e.device_type == torch.autograd.DeviceType.CUDA]
+    if kernels:
+        busy = sum(e.device_time for e in kernels) / 1e6
+        summary.update(kernels=len(kernels), gpu_busy_s=round(busy, 4), gpu_busy_fraction=round(busy / wall_s, 3))
+    totals = [n.extra_fields.total_allocated for n in _walk(profiler.profiler.kineto_results.experimental_event_tree())
+              if n.tag == _EventType.Allocation and n.extra_fields.device.type == "cpu"]
+    if totals:
+        summary["cpu_step_peak_mib"] = round(max(totals) / 2**20, 1)
+    return summary
+
+
+def profiled_step_callback(step: int, memory: bool = False):
+    """A TrainerCallback that profiles optimizer step `step` (1-based) and leaves `summarize_profile`'s dict in
+    `.summary`. With `memory`, CPU allocations are recorded too: `cpu_step_peak_mib` is then the most tensor memory
+    the step held above what was live when it began (the weights and optimizer state), which max RSS cannot isolate
+    and tracemalloc cannot see."""
+    import torch
+    from transformers import TrainerCallback
+
+    activities = [torch.profiler.ProfilerActivity.CPU]
+    if torch.cuda.is_available():
+        activities.append(torch.profiler.ProfilerActivity.CUDA)
+
+    class ProfileOneStep(TrainerCallback):
+        def __init__(self):
+            self.summary: dict = {}
+            self.profiler = None
+
+        def on_step_begin(self, args, state, control, **kwargs):
+            if state.global_step + 1 == step:
+                self.profiler = torch.profiler.profile(activities=activities, profile_memory=memory)
+                self.profiler.__enter__()
+                self.began = time.perf_counter()
+
+        def on_step_end(self, args, state, control, **kwargs):
+            if self.profiler is None or self.summary:
+                return
+            if torch.cuda.is_available():
+                torch.cuda.synchronize()
+            wall = time.perf_counter() - self.began
+            self.profiler.__exit__(None, None, None)
+            try:
+                self.summary = summarize_profile(self.profiler, wall)
+            except Exception as err:  # a profiler API difference must not cost the measurement
+                self.summary = {"profile_error": f"{type(err).__name__}: {err}"}
+
+    return ProfileOneStep()

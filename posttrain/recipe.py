@@ -39,6 +39,7 @@ class RunArguments:
     build_tiny_model_if_missing: bool = field(
         default=False, metadata={"help": "Build a tiny from-scratch model at model_name_or_path if it is absent."})
     tiny_model_family: str = field(default="llama", metadata={"help": "Tiny model family: llama or qwen2."})
+    tiny_model_num_layers: int = field(default=2, metadata={"help": "Decoder layers of the tiny model."})
     auto_resume: bool = field(
         default=True, metadata={"help": "Resume from the newest checkpoint in output_dir when one exists."})
     reset_optimizer_on_resume: bool = field(
@@ -59,6 +60,53 @@ class RunArguments:
         default=None, metadata={"help": "Model to compute the rule-judge win rate against (e.g. the SFT run)."})
 
 
+@dataclass
+class IterateArguments:
+    """The keys of `posttrain iterate`'s loop (docs/methods.md §3); any recipe may carry them and `posttrain train`
+    ignores them. Checked by `posttrain.iterate.check_loop`, not here, so they never stop a plain training run."""
+
+    iterations: int = field(default=3, metadata={"help": "posttrain iterate: loop iterations T."})
+    samples_per_prompt: int = field(default=8, metadata={"help": "posttrain iterate: samples K per prompt (>= 2)."})
+    sample_temperature: float = field(default=1.0, metadata={"help": "posttrain iterate: sampling temperature."})
+    sample_top_p: float = field(default=1.0, metadata={"help": "posttrain iterate: sampling top-p."})
+    sample_top_k: int = field(default=0, metadata={"help": "posttrain iterate: sampling top-k (0: no cut)."})
+    sample_max_new_tokens: int = field(default=256, metadata={"help": "posttrain iterate: new tokens per sample."})
+    sample_batch_size: int = field(
+        default=64, metadata={"help": "posttrain iterate: prompts per generation call (and per resumable chunk)."})
+    prompt_dataset: str | None = field(
+        default=None, metadata={"help": "posttrain iterate: prompts to sample from (pg:<task>/<kind>, file or hub "
+                                        "id; a 'prompt' or 'instruction' column)."})
+    prompt_split: str = field(default="train", metadata={"help": "posttrain iterate: split of prompt_dataset."})
+    prompt_seed: int = field(
+        default=1, metadata={"help": "posttrain iterate: generator seed of a pg: prompt_dataset (1: other problems "
+                                     "than the SFT data of seed 0)."})
+    prompts_per_iteration: int = field(default=256, metadata={"help": "posttrain iterate: prompts per iteration."})
+    new_prompts_each_iteration: bool = field(
+        default=True, metadata={"help": "posttrain iterate: fresh prompts per iteration as in the paper (false: the "
+                                        "same prompts every iteration)."})
+    judge: str | None = field(
+        default=None, metadata={"help": "posttrain iterate: pairwise judge ranking the samples (rule:<task>, "
+                                        "reward:<path>, llm:<path>, llm-openai:<base_url>#<model>, ...)."})
+    judge_labels: str = field(default="a,b", metadata={"help": "posttrain iterate: an LLM judge's two labels."})
+    judge_seed: int = field(default=0, metadata={"help": "posttrain iterate: seed of the judge's output order."})
+    judge_backend: str | None = field(
+        default=None, metadata={"help": "posttrain iterate: backend of an llm: judge (default generation_backend)."})
+    ranking: str = field(default="tournament", metadata={"help": "posttrain iterate: tournament or all_pairs."})
+    eval_judge: str | None = field(
+        default=None, metadata={"help": "posttrain iterate: judge of the win rate against pi_0 (default: judge)."})
+    eval_prompt_dataset: str | None = field(
+        default=None, metadata={"help": "posttrain iterate: held-out prompts of the win rate (default: "
+                                        "prompt_dataset)."})
+    eval_prompt_split: str = field(default="test", metadata={"help": "posttrain iterate: split of the eval prompts."})
+    eval_num_prompts: int = field(default=200, metadata={"help": "posttrain iterate: prompts of the win rate."})
+    generation_backend: str = field(
+        default="auto", metadata={"help": "posttrain iterate: auto (vLLM when installed), vllm or transformers."})
+    tensor_parallel_size: int = field(default=1, metadata={"help": "posttrain iterate: vLLM tensor parallelism."})
+    accelerate_config: str | None = field(
+        default=None, metadata={"help": "posttrain iterate: accelerate config of the train phase (none: one "
+                                        "process)."})
+
+
 REQUIRED_KEYS = ("method", "model_name_or_path", "dataset_name", "output_dir")
 PLACEHOLDER = "<fill in>"  # the value `posttrain recipe M --template` gives each required key
 EVAL_OFF = ("", "none", "null")  # eval_task values that turn the post-training eval off
@@ -73,6 +121,7 @@ class Recipe:
     training: Any  # the method's config dataclass, e.g. trl.DPOConfig
     model: Any  # trl.ModelConfig
     given: dict[str, Any]  # the keys the YAML and command line set, with their parsed values
+    loop: IterateArguments = field(default_factory=IterateArguments)  # `posttrain iterate` only
 
     def resolved(self) -> dict[str, Any]:
         """Every field of every dataclass, tokens redacted: what the run actually used."""
@@ -217,7 +266,7 @@ def parse_recipe(argv: list[str]) -> Recipe:
     if not method_name:
         raise UsageError(f"{source} has no 'method' key; add e.g. 'method: sft' (see `posttrain methods`)")
     method = get_method(str(method_name))
-    classes = (RunArguments, method.config_class, ModelConfig)
+    classes = (RunArguments, method.config_class, ModelConfig, IterateArguments)
     field_types = _field_types(classes)
     for key in values:
         if key not in field_types:
@@ -238,7 +287,8 @@ def parse_recipe(argv: list[str]) -> Recipe:
     parser = _make_parser(classes, source)
     parser.set_defaults_with_config(**values)
     try:
-        run, training, model, unknown = parser.parse_args_into_dataclasses(args=cli, return_remaining_strings=True)
+        run, training, model, loop, unknown = parser.parse_args_into_dataclasses(args=cli,
+                                                                                 return_remaining_strings=True)
     except ValueError as err:  # raised by a config's __post_init__ validation
         raise UsageError(f"{source}: invalid setting: {str(err).splitlines()[0]}") from None
     if unknown:
@@ -249,7 +299,7 @@ def parse_recipe(argv: list[str]) -> Recipe:
     _settle_lora_targets(model)
     given = {key: getattr(part, key) for key in [*values, *cli_keys]
              for part in (run, training, model) if hasattr(part, key) and key in field_types}
-    return Recipe(method=method, run=run, training=training, model=model, given=given)
+    return Recipe(method=method, run=run, training=training, model=model, given=given, loop=loop)
 
 
 def _settle_eval_task(run: RunArguments) -> None:

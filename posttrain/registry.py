@@ -77,6 +77,19 @@ METHODS: dict[str, Method] = {
                report_metrics=("dypo/hard_share", "dypo/mid_share", "dypo/easy_share", "reward", "loss/grpo",
                                "loss/gal", "loss/sft"),
                toy_recipe="recipes/dypo/sort8_tiny_cpu.yaml"),
+        Method("unlearn", "posttrain.trainers.unlearn:UnlearnConfig", "posttrain.trainers.unlearn:UnlearnTrainer",
+               "unlearning", "layer-frozen unlearning: -CE_forget + adaptive alpha * CE_retain on the MLPs of traced "
+               "layers (Agrawal & Huang 2025); unlearn_loss ga, gd or npo gives the baselines",
+               construction_hook_path="posttrain.trainers.unlearn:construction_hook",
+               report_metrics=("unlearn/alpha", "unlearn/ce_forget", "unlearn/ce_retain", "unlearn/delta_retain"),
+               toy_recipe="recipes/unlearn/facts_tiny_cpu.yaml"),
+        Method("inpo", "posttrain.trainers.inpo:INPOConfig", "posttrain.trainers.inpo:INPOTrainer", "preference",
+               "one iteration of iterative Nash policy optimisation: a squared loss on the margin against pi_ref "
+               "and the previous iterate, both precomputed (Zhang et al. 2024)",
+               construction_hook_path="posttrain.trainers.inpo:construction_hook",
+               report_metrics=("inpo/residual", "inpo/policy_margin", "inpo/target", "inpo/ref_margin",
+                               "inpo/prev_margin", *DPO_METRICS),
+               toy_recipe="recipes/inpo/sort8_tiny_cpu.yaml"),
     ]
 }
 

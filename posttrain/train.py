@@ -51,7 +51,7 @@ def _ensure_model(recipe: Recipe, state) -> None:
             if state.is_main_process:
                 logger.info("building tiny %s model at %s", recipe.run.tiny_model_family, path)
                 make_tiny_model(path, tokenizer_corpus(), family=recipe.run.tiny_model_family,
-                                seed=recipe.training.seed)
+                                seed=recipe.training.seed, num_layers=recipe.run.tiny_model_num_layers)
 
 
 def _load_model(recipe: Recipe):

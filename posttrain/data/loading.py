@@ -21,7 +21,8 @@ REQUIRED_COLUMNS: dict[str, tuple[str, ...]] = {
 }
 # TRL also accepts single-column language-modelling data for SFT, and preference pairs whose prompt is the shared
 # start of the chosen and rejected conversations ("implicit prompt", e.g. trl-lib/ultrafeedback_binarized).
-ALTERNATIVE_COLUMNS = {"sft": [("messages",), ("text",)], "preference": [("chosen", "rejected")]}
+ALTERNATIVE_COLUMNS = {"sft": [("messages",), ("text",)], "preference": [("chosen", "rejected")],
+                       "unlearning": [("input", "output", "split")]}  # SemEval-2025 Task 4 (LUME) rows
 
 _FILE_BUILDERS = {".json": "json", ".jsonl": "json", ".csv": "csv", ".parquet": "parquet"}
 _TEXT_SUFFIXES = (".json", ".jsonl", ".csv")

@@ -30,10 +30,11 @@ def _sort_rows(task: SortTask, kind: str, split: str, n: int, seed: int) -> list
 
 
 def _facts_rows(task: FactsTask, kind: str, split: str, n: int | None, seed: int) -> list[dict]:
-    if kind not in ("forget", "retain", "all"):
-        raise UsageError(f"task facts has no dataset kind {kind!r}; choose forget, retain or all")
+    if kind not in ("forget", "retain", "holdout", "all"):
+        raise UsageError(f"task facts has no dataset kind {kind!r}; choose forget, retain, holdout (never trained "
+                         "on) or all (forget + retain)")
     rows = [{**fact, "completion": " " + fact["answer"] + "."} for fact in task.facts(seed)
-            if kind == "all" or fact["split"] == kind]
+            if fact["split"] == kind or (kind == "all" and fact["split"] != "holdout")]
     return rows[:n] if n else rows
 
 

@@ -118,15 +118,18 @@ def _word(rng: random.Random, parts: int) -> str:
 
 @dataclass(frozen=True)
 class FactsTask:
-    """Synthetic biographies for unlearning: each person has three facts; people are split forget/retain."""
+    """Synthetic biographies for unlearning: each person has three facts; people are split forget/retain.
+    `num_holdout` more people (drawn after them, so the others are unchanged) form the `holdout` split: facts never
+    trained on, the non-members of a membership-inference attack."""
 
     num_people: int = 200
     forget_fraction: float = 0.1
     name: str = "facts"
+    num_holdout: int = 20
 
     def people(self, seed: int = 0) -> list[dict]:
         rng, people, names = _rng(self.name, seed), [], set()
-        while len(people) < self.num_people:
+        while len(people) < self.num_people + self.num_holdout:
             name = f"{_word(rng, 2)} {_word(rng, 2)}"
             if name in names:
                 continue
@@ -136,14 +139,14 @@ class FactsTask:
         return people
 
     def facts(self, seed: int = 0) -> list[dict]:
-        """One row per fact: subject, prompt, answer, split in {forget, retain}."""
-        people = self.people(seed)
-        n_forget = max(1, int(len(people) * self.forget_fraction))
+        """One row per fact: subject, prompt, answer, split in {forget, retain, holdout}."""
+        n_forget = max(1, int(self.num_people * self.forget_fraction))
         rows = []
-        for index, person in enumerate(people):
+        for index, person in enumerate(self.people(seed)):
+            split = "forget" if index < n_forget else "retain" if index < self.num_people else "holdout"
             for relation, key in _RELATIONS:
                 rows.append({"subject": person["subject"], "prompt": f"{person['subject']} {relation}",
-                             "answer": person[key], "split": "forget" if index < n_forget else "retain"})
+                             "answer": person[key], "split": split})
         return rows
 
     def score(self, completion: str, answer: str) -> float:
@@ -181,5 +184,6 @@ def tokenizer_corpus(seed: int = 0) -> list[str]:
             for digits in task.problems("train", 200, seed):
                 corpus += [task.prompt(digits), " ".join(task.answer(digits)) + " = " + task.answer(digits)]
         else:
-            corpus += [f"{row['prompt']} {row['answer']}." for row in task.facts(seed)]
+            # holdout facts stay out, as the tiny tokenizer was trained before they existed
+            corpus += [f"{row['prompt']} {row['answer']}." for row in task.facts(seed) if row["split"] != "holdout"]
     return corpus

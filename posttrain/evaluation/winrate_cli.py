@@ -27,7 +27,6 @@ from posttrain.evaluation.winrate import avg_length, winrate_metrics
 from posttrain.generation.generate_cli import add_generation_arguments
 from posttrain.io import atomic_write_json, read_json_list
 
-JUDGE_KINDS = ("rule", "reward", "llm", "llm-openai")
 ANNOTATION_KEYS = ("instruction", "output_1", "output_2", "preference")
 COMPACT_KEYS = ("preference", "output_1_length", "output_2_length")
 OUTPUT_KEYS = ("instruction", "output", "generator")
@@ -219,31 +218,11 @@ def check_judge_fits(judge, rows: list[dict], model: Outputs, reference: Outputs
 
 
 def judge_from_spec(spec: str, args, pool):
-    """`rule:<task>`, `reward:<path>`, `llm:<path>` or `llm-openai:<base_url>#<model>` -> a judge."""
-    kind, _, target = spec.partition(":")
-    if kind not in JUDGE_KINDS or not target:
-        raise UsageError(f"unknown judge {spec!r}; use rule:<task>, reward:<path>, llm:<path> or "
-                         "llm-openai:<base_url>#<model>")
+    """The judge of `--judge` (`posttrain.judges.judge_from_spec`) with --judge_labels and --judge_seed."""
     from posttrain import judges
 
-    if kind == "rule":
-        from posttrain.data import get_task
-
-        return judges.RuleJudge(get_task(target).score, name=spec)
-    if kind == "reward":
-        return judges.RewardModelJudge.from_pretrained(target)
-    labels = tuple(args.judge_labels.split(","))
-    if len(labels) != 2 or not all(labels) or labels[0] == labels[1]:
-        raise UsageError(f"--judge_labels {args.judge_labels!r} must be two different labels, e.g. a,b")
-    if kind == "llm":
-        return judges.LLMJudge(pool.lazy(target), seed=args.judge_seed, labels=labels, name=spec)
-    base_url, _, model = target.partition("#")
-    if not model:
-        raise UsageError(f"judge {spec!r} needs the served model's name: llm-openai:<base_url>#<model>")
-    from posttrain.generation import OpenAICompatibleGenerator
-
-    return judges.LLMJudge(OpenAICompatibleGenerator(base_url, model, show_progress=False), seed=args.judge_seed,
-                           labels=labels, name=spec)  # annotate_cached draws the judging bar
+    return judges.judge_from_spec(spec, pool, labels=args.judge_labels, seed=args.judge_seed,
+                                  labels_setting="--judge_labels")
 
 
 def pools_and_judge(args):

@@ -10,6 +10,7 @@ f-divergences, WPO weighting, MoE auxiliary loss) run TRL's own forward and loss
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import torch
@@ -24,6 +25,7 @@ from posttrain.trainers.logprobs import (
     model_inputs,
     sequence_logps,
     token_columns,
+    token_count,
 )
 from posttrain.trainers.ref_cache import SequenceLogpsCacheMixin, default_cache_dir
 
@@ -44,6 +46,19 @@ class DPOConfig(trl.DPOConfig):
                           "DPO-family methods. Default $POSTTRAIN_CACHE/ref_logps (~/.cache/posttrain). Empty "
                           "string: no disk cache."},
     )
+    logps_chunk_size: int | None = field(
+        default=None,
+        metadata={"help": "Score only the completion tokens, this many at a time through the LM head, recomputing "
+                          "each chunk in backward: the peak memory of the log-probs is one [chunk x vocabulary] "
+                          "tile instead of tiles over every position (docs/methods.md §9). Exact. None or 0: TRL's "
+                          "fused LM head over every position."},
+    )
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.logps_chunk_size is not None and self.logps_chunk_size < 0:
+            raise ValueError(f"logps_chunk_size must be a positive number of tokens (or 0/null for the plain path), "
+                             f"got {self.logps_chunk_size}")
 
 
 def trl_only_settings(args) -> list[str]:
@@ -54,6 +69,47 @@ def trl_only_settings(args) -> list[str]:
     found += [f"ld_alpha {args.ld_alpha}"] if args.ld_alpha is not None else []
     found += ["use_weighting"] if args.use_weighting else []
     return found
+
+
+def check_engine_settings(args, model, peft_config=None) -> None:
+    """One-line UsageErrors for settings the engine's padding-free or chunked paths cannot honour."""
+    from posttrain.errors import UsageError
+    from posttrain.trainers.chunked_logps import unsupported_logit_transform
+
+    if args.padding_free and trl_only_settings(args):
+        raise UsageError(f"padding_free works with the engine's sigmoid loss only, not "
+                         f"{', '.join(trl_only_settings(args))}; set padding_free false or drop those settings")
+    prompt_learning = getattr(peft_config, "is_prompt_learning", False) or \
+        getattr(getattr(model, "active_peft_config", None), "is_prompt_learning", False)
+    if args.padding_free and prompt_learning:
+        raise UsageError("padding_free cannot pack sequences for prompt-learning PEFT (its virtual tokens lead each "
+                         "row); set padding_free false or use LoRA")
+    transform = None if isinstance(model, str) else unsupported_logit_transform(model.config)
+    if args.logps_chunk_size and transform:
+        raise UsageError(f"logps_chunk_size does not support this model's {transform} (a scaled LM head); set "
+                         f"logps_chunk_size 0")
+
+
+@contextmanager
+def _no_padding_free_fallback_warning():
+    """Hide TRL's "padding_free is disabled, falling back to padding" warning: the engine packs the batches itself."""
+    import logging
+
+    trl_logger = logging.getLogger("trl.trainer.dpo_trainer")
+    quiet = _DropMessage("`padding_free=True` is temporarily unavailable")
+    trl_logger.addFilter(quiet)
+    try:
+        yield
+    finally:
+        trl_logger.removeFilter(quiet)
+
+
+class _DropMessage:
+    def __init__(self, text: str):
+        self.text = text
+
+    def filter(self, record) -> bool:
+        return self.text not in record.getMessage()
 
 
 def _pad_token_id(tokenizer, args) -> int:
@@ -79,15 +135,24 @@ class DPOTrainer(SequenceLogpsCacheMixin, trl.DPOTrainer):
                 raise ValueError(f"{type(self).__name__} computes its own loss and does not support "
                                  f"{', '.join(unsupported)}")
             self.engine_loss = not unsupported
+            check_engine_settings(args, model, kwargs.get("peft_config"))
         if data_collator is None and processing_class is not None and args is not None:
             pad_token_id = _pad_token_id(processing_class, args)
             data_collator = SequenceCollator(pad_token_id, self.sequences, args.max_length, args.truncation_mode,
-                                             args.pad_to_multiple_of)
+                                             args.pad_to_multiple_of, args.padding_free)
             if not isinstance(model, str):  # as TRL does: the model agrees with the tokenizer on the pad token
                 model.config.get_text_config().pad_token_id = pad_token_id
                 model.generation_config.pad_token_id = pad_token_id
-        super().__init__(model, ref_model, args, data_collator, train_dataset, eval_dataset, processing_class,
-                         **kwargs)
+        with _no_padding_free_fallback_warning():
+            super().__init__(model, ref_model, args, data_collator, train_dataset, eval_dataset, processing_class,
+                             **kwargs)
+        self.padding_free = self.args.padding_free  # TRL turns it off; the engine's collator packs instead
+
+    @property
+    def logps_chunk_size(self) -> int | None:
+        """Completion tokens per LM-head chunk (None: TRL's fused head over every position); TRL's own config
+        class has no such field."""
+        return getattr(self.args, "logps_chunk_size", None)
 
     @property
     def sequence_names(self) -> list[str]:
@@ -104,7 +169,7 @@ class DPOTrainer(SequenceLogpsCacheMixin, trl.DPOTrainer):
 
         with disable_gradient_checkpointing(self.model, self.args.gradient_checkpointing_kwargs), \
                 self.accelerator.autocast():
-            return frozen_sequence_logps(model, batch, self.sequence_names, peft_model)
+            return frozen_sequence_logps(model, batch, self.sequence_names, peft_model, self.logps_chunk_size)
 
     def reference_logps(self, batch: dict) -> dict[str, torch.Tensor]:
         """The reference's summed log-probs: precomputed columns, or a live forward of the reference."""
@@ -125,7 +190,7 @@ class DPOTrainer(SequenceLogpsCacheMixin, trl.DPOTrainer):
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         if not self.engine_loss:
             return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
-        policy = sequence_logps(model, inputs, self.sequence_names)
+        policy = sequence_logps(model, inputs, self.sequence_names, self.logps_chunk_size)
         reference = self.reference_logps(inputs)
         loss, parts = self.preference_loss(policy, reference)
         self._log_engine_metrics(inputs, policy, reference, parts)
@@ -157,7 +222,7 @@ class DPOTrainer(SequenceLogpsCacheMixin, trl.DPOTrainer):
         metrics["rewards/margins"].append(mean(chosen - rejected))
         for name in self.sequence_names:
             metrics[f"logps/{name}"].append(mean(policy.logps[name]))
-        mask = inputs["completion_mask"][:, 1:].float()
+        mask = torch.cat([policy.masks[name] for name in self.sequence_names]).float()
         outputs, length = policy.outputs, mask.size(1)
         metrics["entropy"].append(token_mean(outputs.entropy[:, -length:].detach(), mask))
         rows, block = len(policy.logps["chosen"]), self.sequence_names.index("chosen")
@@ -165,6 +230,6 @@ class DPOTrainer(SequenceLogpsCacheMixin, trl.DPOTrainer):
         metrics["mean_token_accuracy"].append(token_mean(outputs.is_top1[chosen_rows, -length:].float(),
                                                          mask[chosen_rows]))
         if mode == "train":
-            tokens = self.accelerator.gather_for_metrics(inputs["attention_mask"].sum().reshape(1)).sum().item()
+            tokens = self.accelerator.gather_for_metrics(token_count(inputs).reshape(1)).sum().item()
             self._total_train_tokens += tokens // self._tp_size
         metrics["num_tokens"] = [self._total_train_tokens]

@@ -21,9 +21,12 @@ from pathlib import Path
 
 from posttrain.console import is_silent
 
-CACHE_FORMAT = 3  # 3: the model hash is over canonical names (LoRA and full fine-tuning share entries)
-# Settings that change which tokens are scored or how their log-probs are summed.
-KEY_SETTINGS = ("max_length", "truncation_mode", "padding_free", "ld_alpha")
+CACHE_FORMAT = 4  # 3: the model hash is over canonical names (LoRA and full fine-tuning share entries); 4: no
+# padding_free in the key
+# Settings that change which tokens are scored or how their log-probs are summed. Not the batch layout: padded and
+# packed (`padding_free`) batches, like any batch size, give the same log-probs (exact in fp32, docs/methods.md §9),
+# so they share an entry.
+KEY_SETTINGS = ("max_length", "truncation_mode", "ld_alpha")
 
 
 def default_cache_dir() -> str:

@@ -18,11 +18,13 @@ from posttrain.registry import METHODS
 from posttrain.train import build_trainer, train
 
 from ..conftest import CPU_SETTINGS
-from .test_train_methods import DATASET_FOR_KIND, length_settings
+from .test_train_methods import DATASET_FOR_KIND, METHOD_SETTINGS, length_settings
 
 PREFERENCE_METHODS = sorted(name for name, method in METHODS.items() if method.dataset_kind == "preference")
 LORA = {"use_peft": True, "lora_r": 4, "lora_alpha": 8, "lora_dropout": 0.0, "lora_target_modules": "all-linear"}
 FULL_WEIGHTS = {"model.safetensors", "pytorch_model.bin", "model.safetensors.index.json"}
+# Unlearning trains only adapters inside the chosen layers' MLPs: put every adapter there.
+LORA_SETTINGS = {"unlearn": {"unlearn_layers": "all", "lora_target_modules": ["gate_proj", "up_proj", "down_proj"]}}
 
 
 def _lora_recipe(write_recipe, model_dir, method, output_dir, **extra):
@@ -30,7 +32,7 @@ def _lora_recipe(write_recipe, model_dir, method, output_dir, **extra):
               "dataset_name": DATASET_FOR_KIND[METHODS[method].dataset_kind], "dataset_num_examples": 16,
               "output_dir": str(output_dir), "per_device_train_batch_size": 8, "max_steps": 2,
               "learning_rate": 1e-2, "logging_steps": 1, "save_strategy": "no", **length_settings(method), "seed": 0,
-              **LORA, **CPU_SETTINGS, **extra}
+              **LORA, **CPU_SETTINGS, **METHOD_SETTINGS.get(method, {}), **LORA_SETTINGS.get(method, {}), **extra}
     return parse_recipe(["--config", write_recipe(values, f"{method}.yaml")])
 
 

@@ -15,7 +15,11 @@ from posttrain.train import train
 
 from ..conftest import CPU_SETTINGS
 
-DATASET_FOR_KIND = {"sft": "pg:sort8/sft", "preference": "pg:sort8/preference", "verifiable": "pg:sort8/verifiable"}
+DATASET_FOR_KIND = {"sft": "pg:sort8/sft", "preference": "pg:sort8/preference", "verifiable": "pg:sort8/verifiable",
+                    "unlearning": "pg:facts/all"}
+# Settings a method needs on the 2-layer tiny model: unlearning trains one layer's MLPs (its default, `auto`, reads a
+# trace file) on rows holding both forget and retain people (pg:facts/all starts with its 60 forget facts).
+METHOD_SETTINGS = {"unlearn": {"unlearn_layers": "1", "dataset_num_examples": 96}}
 # Length settings per dataset kind: on-policy (GRPO-family) configs cap the sampled completion instead.
 LENGTH_FOR_KIND = {"verifiable": {"max_completion_length": 12}}
 
@@ -29,7 +33,7 @@ def _recipe(write_recipe, model_dir, method, output_dir, **extra):
               "dataset_name": DATASET_FOR_KIND[METHODS[method].dataset_kind], "dataset_num_examples": 32,
               "output_dir": str(output_dir), "per_device_train_batch_size": 8, "max_steps": 4,
               "learning_rate": 1e-3, "logging_steps": 1, "save_strategy": "steps", "save_steps": 2,
-              **length_settings(method), "seed": 0, **CPU_SETTINGS, **extra}
+              **length_settings(method), "seed": 0, **CPU_SETTINGS, **METHOD_SETTINGS.get(method, {}), **extra}
     return parse_recipe(["--config", write_recipe(values, f"{method}.yaml")])
 
 

@@ -1,0 +1,138 @@
+"""Where LoRA's extra per-step work comes from, and what PEFT's dtype options buy (docs/methods.md §9).
+
+DPO steps on a Qwen2-0.5B-wide model (hidden 896, MLP 4864, 14 heads, 2 KV heads; `--layers` of its 24 layers,
+vocabulary cut to 8192 since the LM head is the same for every configuration), weights in bf16 trained under bf16
+autocast on CPU, which is the GPU check's precision setting, so PEFT's dtype casts happen here as they do there.
+Each configuration runs in a fresh process, configurations interleaved, on the same batches. Reported per
+configuration: median step time, the ratio to full fine-tuning, leaf operator count per step (each launches a
+kernel on a GPU: device-agnostic evidence) with the casts, dropout and elementwise ops broken out, and the step's
+peak tensor memory.
+
+    python scripts/bench_lora.py                # about 6 minutes on 2 CPU cores
+
+Configurations:
+  full                 full fine-tuning
+  lora-peft-defaults   LoRA r16 all-linear, dropout 0.05, fp32 adapters with input casts (PEFT's and TRL's defaults)
+  lora-no-dropout      ... lora_dropout 0
+  lora-no-input-cast   ... and PEFT's per-layer input cast off (autocast casts the small adapter weights instead)
+  lora-bf16-adapters   dropout 0, adapters kept in bf16 (PEFT's autocast_adapter_dtype=False): no casts at all
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import tempfile
+from pathlib import Path
+
+from posttrain.profiling import RESULT_PREFIX, run_workers_interleaved
+
+CONFIGS = {
+    "full": None,
+    "lora-peft-defaults": {"lora_dropout": 0.05, "autocast_adapter_dtype": True, "cast_input_dtype": True},
+    "lora-no-dropout": {"lora_dropout": 0.0, "autocast_adapter_dtype": True, "cast_input_dtype": True},
+    "lora-no-input-cast": {"lora_dropout": 0.0, "autocast_adapter_dtype": True, "cast_input_dtype": False},
+    "lora-bf16-adapters": {"lora_dropout": 0.0, "autocast_adapter_dtype": False, "cast_input_dtype": False},
+}
+OPS_OF_INTEREST = ("aten::copy_", "aten::mm", "aten::mul", "aten::add", "aten::add_", "aten::bernoulli_",
+                   "aten::div_")
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--layers", type=int, default=2)
+    parser.add_argument("--batch", type=int, default=2, help="pairs per step")
+    parser.add_argument("--length", type=int, default=128, help="tokens per sequence (prompt 32 + answer)")
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--steps", type=int, default=4, help="timed steps")
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--output", help="also write the summary as JSON here")
+    parser.add_argument("--worker", choices=list(CONFIGS), help=argparse.SUPPRESS)
+    parser.add_argument("--workdir", help=argparse.SUPPRESS)
+    return parser.parse_args(argv)
+
+
+def build(workdir: Path, args) -> None:
+    import torch
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    from posttrain.data import tokenizer_corpus
+    from posttrain.models import build_tiny_tokenizer
+
+    tokenizer = build_tiny_tokenizer(tokenizer_corpus())
+    config = Qwen2Config(vocab_size=8192, hidden_size=896, intermediate_size=4864, num_hidden_layers=args.layers,
+                         num_attention_heads=14, num_key_value_heads=2, max_position_embeddings=1024,
+                         tie_word_embeddings=True, pad_token_id=tokenizer.pad_token_id,
+                         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id)
+    torch.manual_seed(0)
+    Qwen2ForCausalLM(config).to(torch.bfloat16).save_pretrained(workdir / "model")
+    tokenizer.save_pretrained(workdir / "model")
+    digits = "0123456789" * (args.length // 10 + 1)
+    rows = [{"prompt": digits[:32], "chosen": digits[1:args.length - 32], "rejected": digits[2:args.length - 31]}
+            for _ in range(args.batch * (args.warmup + args.steps + 1))]
+    (workdir / "pairs.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
+def worker(args) -> dict:
+    import torch
+    from datasets import load_dataset
+    from peft import LoraConfig
+
+    from posttrain.models import load_causal_lm, load_tokenizer, tune_lora_layers
+    from posttrain.profiling import profiled_step_callback, step_timer
+    from posttrain.trainers.dpo import DPOConfig, DPOTrainer
+
+    workdir, options = Path(args.workdir), CONFIGS[args.worker]
+    config = DPOConfig(output_dir=str(workdir / args.worker), per_device_train_batch_size=args.batch,
+                       max_steps=args.warmup + args.steps + 1, learning_rate=1e-5, lr_scheduler_type="constant",
+                       max_length=1024, use_cpu=True, bf16=True, report_to="none", save_strategy="no",
+                       logging_steps=1000, disable_tqdm=True, seed=0, ref_logps_cache_dir=str(workdir / "cache"))
+    peft_config = None if options is None else LoraConfig(
+        r=16, lora_alpha=32, lora_dropout=options["lora_dropout"], target_modules="all-linear", task_type="CAUSAL_LM")
+    trainer = DPOTrainer(model=load_causal_lm(str(workdir / "model"), dtype=torch.bfloat16), args=config,
+                         train_dataset=load_dataset("json", data_files=str(workdir / "pairs.jsonl"), split="train"),
+                         processing_class=load_tokenizer(str(workdir / "model")), peft_config=peft_config)
+    if options is not None:
+        tune_lora_layers(trainer.model, mixed_precision=True,
+                         autocast_adapter_dtype=options["autocast_adapter_dtype"],
+                         cast_input_dtype=options["cast_input_dtype"])
+    timer, profiled = step_timer(), profiled_step_callback(args.warmup + args.steps + 1, memory=True)
+    trainer.add_callback(timer)
+    trainer.add_callback(profiled)
+    trainer.train()
+    counts = profiled.summary.pop("leaf_op_counts", {})
+    return {"config": args.worker, "median_step_s": timer.median(args.warmup, args.steps), **profiled.summary,
+            "ops": {op: counts.get(op, 0) for op in OPS_OF_INTEREST},
+            "trainable": sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)}
+
+
+def main(argv=None) -> dict:
+    args = parse_args(argv)
+    if args.worker:
+        print(RESULT_PREFIX + json.dumps(worker(args)), flush=True)
+        return {}
+    with tempfile.TemporaryDirectory(prefix="bench-lora-") as tmp:
+        build(Path(tmp), args)
+        forwarded = [f"--{k}={getattr(args, k)}" for k in ("layers", "batch", "length", "warmup", "steps")]
+        results = run_workers_interleaved(__file__, list(CONFIGS), args.repeats, ["--workdir", tmp, *forwarded])
+    rows = {}
+    for name, runs in results.items():
+        fastest = min(runs, key=lambda r: r["median_step_s"])
+        rows[name] = {**fastest, "spread": round(statistics.pstdev(r["median_step_s"] for r in runs)
+                                                 / fastest["median_step_s"], 3)}
+    for row in rows.values():
+        row["step_vs_full"] = round(row["median_step_s"] / rows["full"]["median_step_s"], 3)
+    summary = {"rows": rows, "setup": {k: getattr(args, k) for k in ("layers", "batch", "length", "warmup", "steps",
+                                                                      "repeats")}}
+    text = json.dumps(summary, indent=2)
+    print(text)
+    if args.output:
+        from posttrain.io import atomic_write_text
+
+        atomic_write_text(Path(args.output), text + "\n")
+    return summary
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,26 @@
+"""posttrain.profiling: the profiled-step summary that the benchmarks and the GPU check report."""
+
+import torch
+
+from posttrain.profiling import summarize_profile
+
+MIB = 2**20
+
+
+def test_cpu_step_peak_is_the_high_water_of_tensors_allocated_during_the_profile():
+    resident = torch.ones(4 * MIB // 4)  # live before profiling: not part of the step's peak
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU], profile_memory=True) as profiler:
+        first = torch.ones(MIB // 4)
+        second = torch.ones(MIB // 4)
+        del first
+        third = torch.ones(MIB // 8)
+    summary = summarize_profile(profiler, wall_s=1.0)
+    assert summary["cpu_step_peak_mib"] == 2.0
+    assert summary["leaf_op_counts"]["aten::fill_"] == 3  # torch.ones: an allocation, then a fill kernel
+    del resident, second, third
+
+
+def test_without_memory_profiling_no_peak_is_reported():
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as profiler:
+        torch.ones(8).sum()
+    assert "cpu_step_peak_mib" not in summarize_profile(profiler, wall_s=1.0)
