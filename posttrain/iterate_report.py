@@ -44,8 +44,8 @@ def timing(loop, details: list[dict]) -> dict:
     """Seconds per phase (summed over iterations; the run that finished a phase), and the share generating: the
     sample phases, pi_0's and each pi_{t+1}'s greedy outputs and accuracy (LLM judging not counted)."""
     pi0 = _record(loop.pipe.path("pi0"))
-    per_phase = {p: round(sum(d["seconds"].get(p) or 0.0 for d in details), 1) for p in PHASES}
-    per_phase = {p: s for p, s in per_phase.items() if s}
+    per_phase = {p: round(sum(d["seconds"].get(p) or 0.0 for d in details), 1) for p in PHASES
+                 if any(p in d["seconds"] for d in details)}
     total = sum(per_phase.values()) + (pi0.get("seconds") or 0.0)
     generation = (pi0.get("result", {}).get("generation_seconds") or 0.0) + sum(
         (d["results"].get(p) or {}).get("generation_seconds") or 0.0 for d in details for p in ("sample", "evaluate"))

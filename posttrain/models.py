@@ -169,7 +169,7 @@ def left_pad(sequences: list[list[int]], pad_id: int):
     return input_ids, attention
 
 
-def tune_lora_layers(model, mixed_precision: bool, autocast_adapter_dtype: bool = True,
+def tune_lora_layers(model, autocast_forward: bool, autocast_adapter_dtype: bool = True,
                      cast_input_dtype: bool = False) -> None:
     """Apply PEFT's two dtype options to a freshly wrapped LoRA model (docs/methods.md §9, "LoRA speed").
 
@@ -177,8 +177,8 @@ def tune_lora_layers(model, mixed_precision: bool, autocast_adapter_dtype: bool 
     `get_peft_model` itself): adapter weights keep the base weights' dtype instead of PEFT's float32 upcast.
     `cast_input_dtype=False` turns off PEFT's per-layer cast of every adapted module's input to the adapter dtype,
     an activation-sized copy per module and pass that autocast then casts straight back. It is only safe where
-    autocast runs the adapter matmuls (`mixed_precision`) or where the dtypes already agree, so it is skipped
-    otherwise.
+    autocast runs every forward's adapter matmuls (`autocast_forward`) or where the dtypes already agree, so it is
+    skipped otherwise.
     """
     import torch
     from peft.tuners.tuners_utils import BaseTunerLayer
@@ -192,5 +192,5 @@ def tune_lora_layers(model, mixed_precision: bool, autocast_adapter_dtype: bool 
                 if name.startswith("lora_") and param.dtype != base_dtype:
                     param.data = param.data.to(base_dtype)
         adapter_dtypes = {p.dtype for n, p in module.named_parameters() if n.startswith("lora_")}
-        if not cast_input_dtype and (mixed_precision or adapter_dtypes <= {base_dtype}):
+        if not cast_input_dtype and (autocast_forward or adapter_dtypes <= {base_dtype}):
             module.cast_input_dtype_enabled = False

@@ -58,6 +58,14 @@ class RunArguments:
     eval_num_examples: int = field(default=200, metadata={"help": "Held-out prompts for the post-training eval."})
     eval_baseline_model: str | None = field(
         default=None, metadata={"help": "Model to compute the rule-judge win rate against (e.g. the SFT run)."})
+    lora_autocast_adapter_dtype: bool = field(
+        default=True, metadata={"help": "PEFT's option of that name: keep LoRA adapter weights in float32 over a "
+                                        "bf16/fp16 base (false: in the base dtype, no casts at all; docs/methods.md "
+                                        "§9)."})
+    lora_cast_input_dtype: bool = field(
+        default=False, metadata={"help": "PEFT's per-layer cast of each adapted module's input to the adapter dtype. "
+                                         "Off by default under bf16/fp16 mixed precision, where autocast already "
+                                         "runs the adapter matmuls in half precision (docs/methods.md §9)."})
 
 
 @dataclass

@@ -14,7 +14,7 @@ from posttrain.console import print_summary, progress_options, quiet_libraries, 
 from posttrain.data import load_any_dataset, tokenizer_corpus, validate_columns
 from posttrain.errors import UsageError
 from posttrain.io import atomic_write_json, file_modes_callback, restore_umask_modes
-from posttrain.models import load_causal_lm, load_tokenizer, make_tiny_model
+from posttrain.models import load_causal_lm, load_tokenizer, make_tiny_model, tune_lora_layers
 from posttrain.preflight import check_data_format, preflight
 from posttrain.recipe import Recipe, parse_recipe
 from posttrain.recipe_help import train_help, wants_help
@@ -110,9 +110,22 @@ def build_trainer(recipe: Recipe, callbacks: list | None = None):
         callbacks=[metrics_callback(run_dir), file_modes_callback(), *(callbacks or [])],
         **extra,
     )
+    if recipe.model.use_peft:
+        tune_lora_layers(trainer.model, _every_forward_autocast(recipe, trainer),
+                         autocast_adapter_dtype=recipe.run.lora_autocast_adapter_dtype,
+                         cast_input_dtype=recipe.run.lora_cast_input_dtype)
     trainer.add_callback(topology_callback(current_topology(trainer.accelerator)))
     use_console(trainer, recipe.method.report_metrics, recipe.run.verbose)
     return trainer
+
+
+def _every_forward_autocast(recipe: Recipe, trainer) -> bool:
+    """Whether every forward of the policy runs under bf16/fp16 autocast. Trainers that generate in-process (the
+    GRPO family) call the bare model outside it, so only preference and SFT trainers qualify."""
+    import trl
+
+    mixed = bool(recipe.training.bf16 or recipe.training.fp16)
+    return mixed and isinstance(trainer, trl.DPOTrainer | trl.SFTTrainer)
 
 
 @contextmanager

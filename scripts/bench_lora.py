@@ -94,7 +94,7 @@ def worker(args) -> dict:
                          train_dataset=load_dataset("json", data_files=str(workdir / "pairs.jsonl"), split="train"),
                          processing_class=load_tokenizer(str(workdir / "model")), peft_config=peft_config)
     if options is not None:
-        tune_lora_layers(trainer.model, mixed_precision=True,
+        tune_lora_layers(trainer.model, autocast_forward=True,
                          autocast_adapter_dtype=options["autocast_adapter_dtype"],
                          cast_input_dtype=options["cast_input_dtype"])
     timer, profiled = step_timer(), profiled_step_callback(args.warmup + args.steps + 1, memory=True)

@@ -24,9 +24,9 @@ from posttrain.errors import UsageError
 SPLITS = ("forget", "retain")
 KIND_METRIC = {"sc": "regurgitation", "qa": "knowledge"}
 METRICS = tuple(KIND_METRIC.values())
-# The task's script reads the kind from id[:-1] (one trailing digit); any number of trailing digits is accepted here,
+# The task's script reads the kind from id[:-1] (one trailing digit); one or more trailing digits are accepted here,
 # which is the same on every LUME id.
-_KIND_AT_END = re.compile(r"(sc|qa)\d*$")
+_KIND_AT_END = re.compile(r"(sc|qa)\d+$")
 
 
 def id_kind(row_id: str) -> str | None:

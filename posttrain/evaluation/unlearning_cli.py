@@ -39,6 +39,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="keep only the last N tokens of longer prompts (default: prompts as they are)")
     p.add_argument("--apply_chat_template", action="store_true",
                    help="send each input as a user chat message (the task fed raw prompts)")
+    p.add_argument("--no_clean_up_spaces", dest="clean_up_spaces", action="store_false",
+                   help="keep spaces before punctuation in the outputs (the task's decoding removed them)")
     p.add_argument("--mia_members", help="member documents {document} or {input, output} (default: the forget "
                                          "set's sc rows, input and output joined)")
     p.add_argument("--mia_nonmembers", help="non-member documents {document} or {input, output}: text the model "

@@ -3,7 +3,8 @@
 - Forget and retain sets: LUME rows `{id, input, output, task?}` (JSON, JSON lines or Parquet). The id ends in
   `sc<digit>` or `qa<digit>`; a missing `task` column puts every row in task `all`. A prompt-completion set such as
   `pg:facts/forget` (`prompt`, `completion`) is scored both ways: each row becomes an `sc` and a `qa` row with the
-  prompt as input and the completion as gold output, in task `facts` (pg:) or `all`.
+  prompt as input and the completion as gold output, in task `facts` (pg:) or `all`; their ids are
+  `<split><row>sc0` and `<split><row>qa0` (e.g. forget3qa0), which a --generations file for them must use.
 - Generations (`--generations`): rows `{id, output}`, `output` being the system's text for that id; an optional
   `split` column tells apart ids that occur in both sets. This command writes that format as generations.jsonl.
 - MIA documents: rows with `document`, or with `input` and `output`, which are joined by one space (a LUME `sc`

@@ -32,6 +32,7 @@ class UnlearningEval:
     max_new_tokens: int = 256
     max_prompt_tokens: int | None = None
     apply_chat_template: bool = False
+    clean_up_spaces: bool = True
     mia_members: str | None = None
     mia_nonmembers: str | None = None
     skip_mia: bool = False
@@ -158,7 +159,21 @@ def generate(cfg: UnlearningEval, plan: Plan, pool, output_dir: Path) -> list[st
     params = SamplingParams(temperature=0.0, max_new_tokens=plan.max_new_tokens)
     completions = generate_cached(pool.lazy(cfg.model), plan.prompts, params,
                                   output_dir / "generations.cache.jsonl", progress="generate")
-    return [c[0].text for c in completions]
+    texts = [c[0].text for c in completions]
+    return [clean_up_spaces(t) for t in texts] if cfg.clean_up_spaces else texts
+
+
+# The task's script decoded with `clean_up_tokenization_spaces=True`, which transformers 4 applied to every
+# tokenizer (transformers 5 skips it for BPE ones such as OLMo's): these spaces before punctuation and
+# contractions were removed.
+_CLEAN_UP = ((" .", "."), (" ?", "?"), (" !", "!"), (" ,", ","), (" ' ", "'"), (" n't", "n't"), (" 'm", "'m"),
+             (" 's", "'s"), (" 've", "'ve"), (" 're", "'re"))
+
+
+def clean_up_spaces(text: str) -> str:
+    for before, after in _CLEAN_UP:
+        text = text.replace(before, after)
+    return text
 
 
 def _scorer(cfg: UnlearningEval, pool):

@@ -59,6 +59,8 @@ class DPOConfig(trl.DPOConfig):
         if self.logps_chunk_size is not None and self.logps_chunk_size < 0:
             raise ValueError(f"logps_chunk_size must be a positive number of tokens (or 0/null for the plain path), "
                              f"got {self.logps_chunk_size}")
+        if packing_conflict(self):
+            raise ValueError(packing_conflict(self))
 
 
 def trl_only_settings(args) -> list[str]:
@@ -71,21 +73,28 @@ def trl_only_settings(args) -> list[str]:
     return found
 
 
+def packing_conflict(args) -> str | None:
+    """Why `args` cannot pack its batches (TRL's own losses expect padded rows), or None."""
+    if args.padding_free and trl_only_settings(args):
+        return (f"padding_free works with the engine's sigmoid loss only, not {', '.join(trl_only_settings(args))}; "
+                f"set padding_free false or drop those settings")
+    return None
+
+
 def check_engine_settings(args, model, peft_config=None) -> None:
-    """One-line UsageErrors for settings the engine's padding-free or chunked paths cannot honour."""
+    """One-line UsageErrors for what the padding-free or chunked paths cannot honour and the config cannot see."""
     from posttrain.errors import UsageError
     from posttrain.trainers.chunked_logps import unsupported_logit_transform
 
-    if args.padding_free and trl_only_settings(args):
-        raise UsageError(f"padding_free works with the engine's sigmoid loss only, not "
-                         f"{', '.join(trl_only_settings(args))}; set padding_free false or drop those settings")
+    if packing_conflict(args):  # a plain `trl.DPOConfig` has not checked it
+        raise UsageError(packing_conflict(args))
     prompt_learning = getattr(peft_config, "is_prompt_learning", False) or \
         getattr(getattr(model, "active_peft_config", None), "is_prompt_learning", False)
     if args.padding_free and prompt_learning:
         raise UsageError("padding_free cannot pack sequences for prompt-learning PEFT (its virtual tokens lead each "
                          "row); set padding_free false or use LoRA")
     transform = None if isinstance(model, str) else unsupported_logit_transform(model.config)
-    if args.logps_chunk_size and transform:
+    if getattr(args, "logps_chunk_size", None) and transform:
         raise UsageError(f"logps_chunk_size does not support this model's {transform} (a scaled LM head); set "
                          f"logps_chunk_size 0")
 
@@ -96,20 +105,15 @@ def _no_padding_free_fallback_warning():
     import logging
 
     trl_logger = logging.getLogger("trl.trainer.dpo_trainer")
-    quiet = _DropMessage("`padding_free=True` is temporarily unavailable")
+
+    def quiet(record) -> bool:
+        return "`padding_free=True` is temporarily unavailable" not in record.getMessage()
+
     trl_logger.addFilter(quiet)
     try:
         yield
     finally:
         trl_logger.removeFilter(quiet)
-
-
-class _DropMessage:
-    def __init__(self, text: str):
-        self.text = text
-
-    def filter(self, record) -> bool:
-        return self.text not in record.getMessage()
 
 
 def _pad_token_id(tokenizer, args) -> int:

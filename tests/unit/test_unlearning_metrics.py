@@ -24,8 +24,14 @@ def test_exact_match_strips_and_lower_cases_only():
     assert m.exact_match("2013", "2013 ") == 1.0
 
 
-@pytest.mark.parametrize("row_id, kind", [("61943187qa0", "qa"), ("6fe4-1c2sc1", "sc"), ("docsc", "sc"),
-                                          ("doc", None), ("qa0x", None)])
+def test_generated_text_loses_spaces_before_punctuation_as_in_the_task_decoding():
+    from posttrain.evaluation.unlearning_run import clean_up_spaces
+
+    assert clean_up_spaces("It 's 1990 , isn't it ?") == "It's 1990, isn't it?"
+
+
+@pytest.mark.parametrize("row_id, kind", [("61943187qa0", "qa"), ("6fe4-1c2sc1", "sc"), ("doc-sc12", "sc"),
+                                          ("basic", None), ("doc", None), ("qa0x", None)])
 def test_id_kind_reads_the_suffix(row_id, kind):
     assert m.id_kind(row_id) == kind
 
