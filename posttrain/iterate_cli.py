@@ -29,8 +29,9 @@ def loop_help() -> str:
 
     from posttrain.recipe import IterateArguments
 
-    lines = [USAGE, "", " ".join(__doc__.split(":", 1)[1].split()), "Phases and folders: docs/methods.md §3. Training keys: "
-             "posttrain recipe <method>.", "", "Loop keys:"]
+    about = " ".join(__doc__.split(":", 1)[1].split())
+    lines = [USAGE, "", about, "Phases and folders: docs/methods.md §3. Training keys: posttrain recipe <method>.",
+             "", "Loop keys:"]
     for f in dataclasses.fields(IterateArguments):
         help_text = str(f.metadata.get("help", "")).removeprefix("posttrain iterate: ")
         lines.append(f"  {f.name:<27} {f.default!s:<11} {help_text}")

@@ -21,7 +21,7 @@ from posttrain.generation.cache import generate_cached
 from posttrain.generation.decoding import request_seed
 from posttrain.generation.loading import load_generator
 from posttrain.generation.types import SamplingParams
-from posttrain.io import atomic_write_json, read_json, read_jsonl, write_jsonl
+from posttrain.io import atomic_write_json, read_jsonl, write_jsonl
 from posttrain.pipeline import completed, finish
 
 KILL_ENV = "POSTTRAIN_TEST_KILL_AT"  # tests: "iter<t>/<phase>" makes the loop SIGKILL itself inside that phase
@@ -202,12 +202,13 @@ def train(stage_dir: Path, recipe_file: Path, accelerate_config: str | None, lab
     checkpoint when rerun and records its own completion (the record this phase keeps, with the phase's seconds)."""
     started = time.monotonic()
     env = {k: v for k, v in os.environ.items() if k != KILL_ENV}
-    returncode = subprocess.call(train_command(recipe_file, accelerate_config), env=env, preexec_fn=_die_with_parent)
+    command = train_command(recipe_file, accelerate_config)
+    returncode = subprocess.call(command, env=env, preexec_fn=_die_with_parent)
     record = completed(stage_dir)
     if returncode != 0 or record is None:
-        raise UsageError(f"the train phase of {label.split('/')[0]} failed ({' '.join(train_command(recipe_file, accelerate_config))} "
-                         f"exited with code {returncode}; its output is above); fix the cause and rerun posttrain "
-                         f"iterate: finished phases are kept and training resumes from its newest checkpoint")
+        raise UsageError(f"the train phase of {label.split('/')[0]} failed ({' '.join(command)} exited with code "
+                         f"{returncode}; its output is above); fix the cause and rerun posttrain iterate: finished "
+                         f"phases are kept and training resumes from its newest checkpoint")
     return finish(stage_dir, record["result"], record["fingerprint"], time.monotonic() - started)["result"]
 
 
@@ -281,6 +282,3 @@ def evaluate(stage_dir: Path, generator, rows: list[dict], reference_dir: Path, 
     return {**described, "win_rate": metrics["win_rate"], "standard_error": metrics["standard_error"],
             "n_failed": metrics["n_failed"], "judge_seconds": round(time.monotonic() - started, 1)}
 
-
-def read_result(stage_dir: Path) -> dict:
-    return read_json(stage_dir / ".done.json")["result"]

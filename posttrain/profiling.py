@@ -171,21 +171,18 @@ def largest_fitting_batch(try_batch, start: int, limit: int) -> dict:
     result, or raises an out-of-memory error (recognised by accelerate's `should_reduce_batch_size`; anything else
     propagates). Starts at `start`, doubles up to `limit`. Returns {"largest": n or None, "tried": {n: result or
     "out of memory"}}; between tries memory is released as accelerate's own batch-size finder does."""
-    import gc
-
     from accelerate.utils.memory import clear_device_cache, should_reduce_batch_size
 
     tried, largest, batch = {}, None, start
     while batch <= limit:
         try:
             tried[batch] = try_batch(batch)
-        except Exception as err:  # noqa: BLE001 - only out-of-memory errors are caught; others re-raise below
+        except Exception as err:  # out-of-memory errors end the search; any other error propagates
             if not should_reduce_batch_size(err):
                 raise
             tried[batch] = "out of memory"
             break
         finally:
-            gc.collect()
-            clear_device_cache()
+            clear_device_cache(garbage_collection=True)
         largest, batch = batch, batch * 2
     return {"largest": largest, "tried": tried}

@@ -205,14 +205,15 @@ def restored_probs(model, fact: TracedFact, noise, clean: list, kind: str, masks
 
     def restore(layer_mask, clean_out):
         def hook(module, inputs, output):
-            value = torch.where(layer_mask[:, :, None], clean_out[None].to(_first(output).dtype), _first(output))
+            out = _first(output)  # on this layer's device, which differs from the embedding's when sharded
+            value = torch.where(layer_mask.to(out.device)[:, :, None], clean_out[None].to(out), out)
             return _with_first(output, value)
         return hook
 
     pairs = [(embedding_module(model), corrupt)]
     for layer in range(masks.shape[1]):
         if masks[:, layer].any():
-            layer_mask = masks[:, layer].repeat_interleave(copies, 0).to(device)
+            layer_mask = masks[:, layer].repeat_interleave(copies, 0)
             pairs.append((layer_module(model, layer, kind), restore(layer_mask, clean[layer])))
     ids = torch.tensor([fact.ids], device=device).expand(rows, -1)
     with torch.no_grad(), _hooks(pairs):
@@ -280,6 +281,7 @@ def run_trace(model, tokenizer, facts: list[dict], output_dir, config: TraceConf
     from posttrain.tracing_report import write_outputs
 
     output = Path(output_dir)
+    num_layers = len(decoder_layers(model))  # an unknown family fails here, before the output folder exists
     facts = facts[:config.num_facts] if config.num_facts else facts
     traced = [tokenize_fact(tokenizer, fact, index) for index, fact in enumerate(facts)]
     output.mkdir(parents=True, exist_ok=True)
@@ -296,4 +298,4 @@ def run_trace(model, tokenizer, facts: list[dict], output_dir, config: TraceConf
                         "tokens": [tokenizer.decode([i]) for i in tokens.ids], "subject_range": list(tokens.subject),
                         **trace_fact(model, tokens, noise, config)})
     records = [results.done[index] for index in range(len(facts))]
-    return write_outputs(output, records, config, model_name, len(decoder_layers(model)), sigma)
+    return write_outputs(output, records, config, model_name, num_layers, sigma)

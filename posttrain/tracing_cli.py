@@ -50,8 +50,8 @@ def main(argv: list[str] | None = None) -> None:
                          noise_std_source=args.noise_std_source, min_effect_share=args.min_effect_share,
                          num_facts=args.num_facts, seed=args.seed, batch_size=args.batch_size)
     check_model_path(args.model, "--model")
-    facts = load_facts(args.facts, args.split, config.num_facts)
     with quiet_libraries():
+        facts = load_facts(args.facts, args.split, config.num_facts)
         tokenizer = load_tokenizer(args.model, trust_remote_code=args.trust_remote_code)
         model = load_causal_lm(args.model, trust_remote_code=args.trust_remote_code, dtype=args.dtype)
         summary = run_trace(model, tokenizer, facts, args.output, config, args.model)

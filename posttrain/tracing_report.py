@@ -129,6 +129,6 @@ def summary_lines(summary: dict) -> list[str]:
         values = " ".join(f"{value:+.3f}" for value in table["effect"][row])
         lines.append(f"{kind:6s} effect at the last subject token by layer: {values}")
     suggestion = summary["suggestion"]
-    lines.append(f"suggested_layers {summary['suggested_layers']} ({suggestion['share']:.0%} of the {suggestion['kind']} "
-                 f"effect at the last subject token)")
+    lines.append(f"suggested_layers {summary['suggested_layers']} ({suggestion['share']:.0%} of the "
+                 f"{suggestion['kind']} effect at the last subject token)")
     return lines

@@ -1,16 +1,26 @@
-"""GPU check: RPO and DPO training steps on a ~0.5B Qwen2-shaped model, full-parameter and LoRA, on one GPU.
+"""GPU check: DPO and RPO steps on a ~0.5B Qwen2-shaped model beside TRL's own DPOTrainer, full and LoRA, on one GPU.
 
 Builds Qwen2.5-0.5B's architecture from a config (random init, bf16, sdpa attention; no download), writes a
 synthetic preference set of fixed lengths, and trains each configuration through the normal recipe path
-(`posttrain.train.build_trainer`). Reports per configuration: median step time, tokens/s, model-FLOPs utilisation
-against 989 TFLOP/s (H100 SXM dense bf16), and peak CUDA memory. Run through `scripts/gpu_check.sh`.
+(`posttrain.train.build_trainer`); the `trl-*` configurations build `trl.DPOTrainer` from the same settings.
+Reports per configuration: median step time, tokens/s, model-FLOPs utilisation against 989 TFLOP/s (H100/H200 SXM
+dense bf16), and peak CUDA memory; then ratios against TRL (docs/methods.md §9). Run through `scripts/gpu_check.sh`.
 
 Configurations (same model, data and batch):
-  dpo-full         DPO, full parameters, reference log-probs from the cache
-  rpo-full         RPO (sum, eta 0.005, beta 0.01), full parameters, reference from the cache
-  rpo-full-live    RPO with a live reference model (precompute off): the cache's step-time and memory saving
-  dpo-lora         DPO, LoRA r16 all-linear, reference = adapter-disabled base, cached
-  rpo-lora         RPO, LoRA r16 all-linear, cached reference
+  trl-dpo-full          TRL's DPOTrainer, full parameters, reference log-probs precomputed (in memory)
+  dpo-full              posttrain DPO, plain engine path, reference log-probs from the cache
+  dpo-full-chunked      ... with `logps_chunk_size` (completion tokens only, chunk by chunk through the LM head)
+  dpo-full-packed       ... chunked and `padding_free: true` (one packed row per micro-batch)
+  rpo-full              RPO (sum, eta 0.005, beta 0.01), full parameters, reference from the cache
+  rpo-full-live         RPO with a live reference model (precompute off): the cache's step-time and memory saving
+  trl-dpo-lora          TRL's DPOTrainer, LoRA r16 all-linear with PEFT's defaults (fp32 adapters, input casts)
+  dpo-lora-peft-defaults  posttrain DPO, LoRA with PEFT's defaults (lora_cast_input_dtype true)
+  dpo-lora              posttrain DPO, LoRA with posttrain's defaults (no per-layer input casts under autocast)
+  rpo-lora              RPO, LoRA r16 all-linear, cached reference
+
+Then (`--batch_search`) the largest batch that fits, for TRL's DPOTrainer and for posttrain's chunked DPO: a
+doubling search from `--batch` that stops at the first out-of-memory error (`posttrain.profiling.
+largest_fitting_batch`), one step per try, run after the timed configurations so fragmentation cannot touch them.
 
 Every configuration runs `--repeats` times, interleaved; the table gives the fastest run's median step and the
 spread across runs. One profiled step per configuration gives the GPU-busy fraction (summed kernel time / step
@@ -35,21 +45,28 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 from posttrain.io import read_jsonl  # noqa: E402  (the repo is on sys.path only from here)
-from posttrain.profiling import H100_SXM_BF16_DENSE_FLOPS  # noqa: E402
+from posttrain.profiling import H100_SXM_BF16_DENSE_FLOPS, profiled_step_callback  # noqa: E402
 
 QWEN2_05B = dict(hidden_size=896, intermediate_size=4864, num_hidden_layers=24, num_attention_heads=14,
                  num_key_value_heads=2, vocab_size=151936, max_position_embeddings=32768, rope_theta=1e6,
                  rms_norm_eps=1e-6, tie_word_embeddings=True)
 SMOKE_SHAPE = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=2,
                    num_key_value_heads=1, vocab_size=512, max_position_embeddings=1024)
+CHUNK = 4096  # completion tokens per LM-head chunk: one [4096 x 32768] bf16 tile is 256 MiB
 CONFIGS = {
+    "trl-dpo-full": {"method": "dpo", "trainer": "trl"},
     "dpo-full": {"method": "dpo"},
+    "dpo-full-chunked": {"method": "dpo", "logps_chunk_size": CHUNK},
+    "dpo-full-packed": {"method": "dpo", "logps_chunk_size": CHUNK, "padding_free": True},
     "rpo-full": {"method": "rpo", "rpo_eta": 0.005, "sft_normalization": "sum"},
     "rpo-full-live": {"method": "rpo", "rpo_eta": 0.005, "sft_normalization": "sum",
                       "precompute_ref_log_probs": False},
+    "trl-dpo-lora": {"method": "dpo", "use_peft": True, "trainer": "trl"},
+    "dpo-lora-peft-defaults": {"method": "dpo", "use_peft": True, "lora_cast_input_dtype": True},
     "dpo-lora": {"method": "dpo", "use_peft": True},
     "rpo-lora": {"method": "rpo", "rpo_eta": 0.005, "sft_normalization": "sum", "use_peft": True},
 }
+SEARCHED = ("trl-dpo-full", "dpo-full-chunked")  # the batch search: TRL's trainer against ours at its leanest
 
 
 def parse_args(argv=None):
@@ -60,12 +77,15 @@ def parse_args(argv=None):
     parser.add_argument("--batch", type=int, default=16, help="preference pairs per step")
     parser.add_argument("--prompt_len", type=int, default=512, help="prompt tokens")
     parser.add_argument("--completion_len", type=int, default=512, help="tokens per chosen/rejected answer")
-    parser.add_argument("--warmup", type=int, default=3)
-    parser.add_argument("--steps", type=int, default=10, help="timed steps")
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--steps", type=int, default=8, help="timed steps")
     parser.add_argument("--repeats", type=int, default=1, help="runs of every configuration, interleaved")
     parser.add_argument("--recipe_check", action=argparse.BooleanOptionalAction, default=True,
                         help="also launch the single-GPU LoRA recipe through accelerate (and resume it)")
     parser.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=list(CONFIGS))
+    parser.add_argument("--batch_search", action=argparse.BooleanOptionalAction, default=True,
+                        help="also find the largest batch that fits, for TRL's DPOTrainer and for ours")
+    parser.add_argument("--max_batch", type=int, default=256, help="where the batch search stops doubling")
     parser.add_argument("--peak_tflops", type=float, default=H100_SXM_BF16_DENSE_FLOPS / 1e12,
                         help="denominator of MFU (default: H100 SXM dense bf16)")
     parser.add_argument("--cpu_smoke_test", action="store_true",
@@ -109,38 +129,6 @@ def write_pairs(path: Path, rows: int, prompt_len: int, completion_len: int) -> 
     return path
 
 
-def profiled_step_callback(step: int):
-    """Profiles optimizer step `step` (1-based): summed CUDA kernel time and kernel count."""
-    import torch
-    from transformers import TrainerCallback
-
-    class ProfileOneStep(TrainerCallback):
-        summary: dict = {}
-
-        def on_step_begin(self, args, state, control, **kwargs):
-            if state.global_step + 1 == step and torch.cuda.is_available():
-                self.profiler = torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU,
-                                                                   torch.profiler.ProfilerActivity.CUDA])
-                self.profiler.__enter__()
-                self.began = time.perf_counter()
-
-        def on_step_end(self, args, state, control, **kwargs):
-            if not hasattr(self, "profiler") or self.summary:
-                return
-            torch.cuda.synchronize()
-            wall = time.perf_counter() - self.began
-            self.profiler.__exit__(None, None, None)
-            try:
-                kernels = [e for e in self.profiler.events() if e.device_type == torch.autograd.DeviceType.CUDA]
-                busy = sum(e.device_time for e in kernels) / 1e6
-                self.summary = {"profiled_step_s": round(wall, 4), "kernels": len(kernels),
-                                "gpu_busy_s": round(busy, 4), "gpu_busy_fraction": round(busy / wall, 3)}
-            except Exception as err:  # a profiler API difference must not cost the measurement
-                self.summary = {"profile_error": f"{type(err).__name__}: {err}"}
-
-    return ProfileOneStep()
-
-
 def run_config(name: str, model: Path, data: Path, workdir: Path, args) -> dict:
     import torch
 
@@ -160,13 +148,16 @@ def run_config(name: str, model: Path, data: Path, workdir: Path, args) -> dict:
         "lora_r": 16, "lora_alpha": 32, "lora_dropout": 0.0, "lora_target_modules": ["all-linear"],
         "ref_logps_cache_dir": str(workdir / "ref_cache"), **CONFIGS[name],
     }
-    recipe_path = workdir / f"{name}.yaml"
-    recipe_path.write_text(yaml.safe_dump(recipe_values))
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
     began = time.perf_counter()
-    trainer = build_trainer(load_recipe(str(recipe_path)))
+    if recipe_values.pop("trainer", None) == "trl":
+        trainer = trl_trainer(recipe_values)
+    else:
+        recipe_path = workdir / f"{name}.yaml"
+        recipe_path.write_text(yaml.safe_dump(recipe_values))
+        trainer = build_trainer(load_recipe(str(recipe_path)))
     timer, profiled = step_timer(), profiled_step_callback(args.warmup + args.steps + 1)
     trainer.add_callback(timer)
     trainer.add_callback(profiled)
@@ -189,11 +180,48 @@ def run_config(name: str, model: Path, data: Path, workdir: Path, args) -> dict:
         "trainable_params": sum(p.numel() for p in unwrapped.parameters() if p.requires_grad),
         "reference_model_loaded": trainer.ref_model is not None,
         "final_loss": next((h["loss"] for h in reversed(trainer.state.log_history) if "loss" in h), None),
-        **profiled.summary,
+        **{k: v for k, v in profiled.summary.items() if k != "leaf_op_counts"},
     }
     del trainer, unwrapped
     gc.collect()
     return result
+
+
+def trl_trainer(values: dict):
+    """`trl.DPOTrainer` on the settings of `values` that TRL's DPOConfig and ModelConfig know; reference log-probs
+    precomputed (TRL keeps them in memory), LoRA through PEFT's defaults, as a TRL user would run it."""
+    import dataclasses
+
+    import trl
+    from datasets import load_dataset
+
+    from posttrain.models import load_causal_lm, load_tokenizer
+
+    def known(cls):
+        names = {f.name for f in dataclasses.fields(cls) if f.init}
+        return {k: v for k, v in values.items() if k in names}
+
+    model_args = trl.ModelConfig(**known(trl.ModelConfig))
+    config = trl.DPOConfig(**{**known(trl.DPOConfig), "precompute_ref_log_probs": True})
+    model = load_causal_lm(model_args.model_name_or_path, dtype=model_args.dtype,
+                           attn_implementation=model_args.attn_implementation)
+    return trl.DPOTrainer(model=model, args=config, processing_class=load_tokenizer(model_args.model_name_or_path),
+                          train_dataset=load_dataset("json", data_files=values["dataset_name"], split="train"),
+                          peft_config=trl.get_peft_config(model_args))
+
+
+def batch_search(name: str, model: Path, workdir: Path, args) -> dict:
+    """The largest batch (pairs) `name` trains at without running out of memory, one step per try."""
+    from posttrain.profiling import largest_fitting_batch
+
+    def try_batch(batch: int) -> dict:
+        data = write_pairs(workdir / f"pairs-{batch}.jsonl", batch * 2, args.prompt_len, args.completion_len)
+        tried = argparse.Namespace(**{**vars(args), "batch": batch, "warmup": 0, "steps": 1})
+        result = run_config(name, model, data, workdir, tried)
+        print(f"gpu_check: batch search {name} {batch}: fits, peak {result['peak_memory_gib']} GiB", flush=True)
+        return {k: result[k] for k in ("median_step_s", "tokens_per_s", "mfu", "peak_memory_gib")}
+
+    return largest_fitting_batch(try_batch, args.batch, args.max_batch)
 
 
 def aggregate(runs: list[dict]) -> dict:
@@ -236,26 +264,54 @@ def recipe_check(model: Path, data: Path, workdir: Path, smoke: bool) -> dict:
     return result
 
 
-def markdown(results: list[dict], setup: dict, recipe: dict | None = None) -> str:
+RATIOS = (  # (label, ours, baseline): step-time and peak-memory ratios printed under the table
+    ("ours / TRL, full", ("dpo-full", "dpo-full-chunked", "dpo-full-packed"), "trl-dpo-full"),
+    ("ours / TRL, LoRA", ("dpo-lora", "dpo-lora-peft-defaults"), "trl-dpo-lora"),
+    ("LoRA / full", ("dpo-lora", "dpo-lora-peft-defaults"), "dpo-full"),
+    ("LoRA / full, TRL", ("trl-dpo-lora",), "trl-dpo-full"),
+    ("RPO cached / live reference", ("rpo-full",), "rpo-full-live"),
+)
+
+
+def comparisons(by_name: dict, searched: dict | None) -> list[str]:
+    """The ratios against TRL and full fine-tuning, the issue's two GPU targets, and the batch search."""
+    lines = ["", "| comparison | step time | peak memory |", "|---|---|---|"]
+    for label, ours, baseline in RATIOS:
+        for name in (n for n in ours if n in by_name and baseline in by_name):
+            a, b = by_name[name], by_name[baseline]
+            lines.append(f"| {label}: {name} / {baseline} | {a['median_step_s'] / b['median_step_s']:.3f} | "
+                         f"{a['peak_memory_gib'] / b['peak_memory_gib']:.3f} |")
+    full = [by_name[n] for n in ("dpo-full", "dpo-full-chunked", "dpo-full-packed") if n in by_name]
+    if full and "trl-dpo-full" in by_name:
+        best_mfu, leanest = max(full, key=lambda r: r["mfu"]), min(full, key=lambda r: r["peak_memory_gib"])
+        memory = leanest["peak_memory_gib"] / by_name["trl-dpo-full"]["peak_memory_gib"]
+        lines += ["", f"Targets: MFU >= 45%: {best_mfu['config']} {best_mfu['mfu']:.1%} "
+                      f"({'met' if best_mfu['mfu'] >= 0.45 else 'not met'}); peak memory <= 0.5x TRL's at the same "
+                      f"batch: {leanest['config']} {memory:.3f}x ({'met' if memory <= 0.5 else 'not met'})."]
+    for name, found in (searched or {}).items():
+        tried = ", ".join(f"{n}: {r if isinstance(r, str) else str(r['peak_memory_gib']) + ' GiB'}"
+                          for n, r in found["tried"].items())
+        lines.append(f"Largest batch that fits, {name}: {found['largest']} pairs ({tried}).")
+    return lines
+
+
+def markdown(results: list[dict], setup: dict, recipe: dict | None = None, searched: dict | None = None) -> str:
     lines = [f"# GPU check: {setup['gpu']}", "",
              f"Qwen2-0.5B-shaped model ({setup['parameters'] / 1e6:.0f}M parameters, random init, bf16, sdpa), "
              f"{setup['batch']} pairs x ({setup['prompt_len']} prompt + {setup['completion_len']} answer) tokens "
              f"per step, median of {setup['steps']} steps after {setup['warmup']} warm-up, {setup['repeats']} "
              f"interleaved run(s) per configuration, fastest shown. MFU against {setup['peak_tflops']:.0f} "
              "TFLOP/s.", "",
-             "| config | step s | spread | tokens/s | TFLOP/s | MFU | GPU busy | kernels/step | peak GiB | trainable "
+             "| config | step s | spread | tokens/s | TFLOP/s | MFU | GPU busy | kernels (CPU: ops)/step | peak GiB | "
+             "trainable "
              "| ref model | loss |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in results:
         busy = f"{r['gpu_busy_fraction']:.0%}" if "gpu_busy_fraction" in r else "-"
         lines.append(f"| {r['config']} | {r['median_step_s']:.4f} | {r['spread']:.1%} | {r['tokens_per_s']:,} | "
-                     f"{r['tflops_per_s']} | {r['mfu']:.1%} | {busy} | {r.get('kernels', '-')} | "
+                     f"{r['tflops_per_s']} | {r['mfu']:.1%} | {busy} | {r.get('kernels', r.get('leaf_ops', '-'))} | "
                      f"{r['peak_memory_gib']} | {r['trainable_params'] / 1e6:.1f}M | {r['reference_model_loaded']} | "
                      f"{r['final_loss']:.4f} |")
-    by_name = {r["config"]: r for r in results}
-    if {"rpo-full", "rpo-full-live"} <= set(by_name):
-        cached, live = by_name["rpo-full"], by_name["rpo-full-live"]
-        lines += ["", f"RPO cached / live reference: step time {cached['median_step_s'] / live['median_step_s']:.3f}, "
-                      f"peak memory {cached['peak_memory_gib'] / live['peak_memory_gib']:.3f}."]
+    lines += comparisons({r["config"]: r for r in results}, searched)
     if recipe:
         lines += ["", f"Single-GPU LoRA recipe through accelerate launch: {json.dumps(recipe)}"]
     return "\n".join(lines) + "\n"
@@ -287,11 +343,13 @@ def main(argv=None) -> list[dict]:
                  **{k: getattr(args, k) for k in ("batch", "prompt_len", "completion_len", "warmup", "steps",
                                                    "repeats", "peak_tflops")}}
 
+        searched: dict[str, dict] = {}
+
         def write(recipe=None):
             results = [aggregate(r) for r in runs.values() if r]
             atomic_write_json(output / "results.json", {"setup": setup, "results": results, "runs": runs,
-                                                        "recipe_check": recipe})
-            atomic_write_text(output / "results.md", markdown(results, setup, recipe))
+                                                        "batch_search": searched, "recipe_check": recipe})
+            atomic_write_text(output / "results.md", markdown(results, setup, recipe, searched))
             return results
 
         for _ in range(args.repeats):
@@ -299,9 +357,12 @@ def main(argv=None) -> list[dict]:
                 runs[name].append(run_config(name, model, data, workdir, args))
                 print("gpu_check: " + json.dumps(runs[name][-1]), flush=True)
                 write()
+        for name in SEARCHED if args.batch_search else ():
+            searched[name] = batch_search(name, model, workdir, args)
+            write()
         recipe = recipe_check(model, data, workdir, args.cpu_smoke_test) if args.recipe_check else None
         results = write(recipe)
-    print(markdown(results, setup, recipe))
+    print(markdown(results, setup, recipe, searched))
     return results
 
 

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# One prepared check for a single H100/H200 GPU machine without network access (about 4 minutes; stopped at 5):
-# RPO and DPO training steps on a ~0.5B Qwen2-shaped model built from config (bf16, sdpa), full-parameter and LoRA;
-# prints tokens/s, MFU against 989 TFLOP/s and peak memory, and writes results.json / results.md.
+# One prepared check for a single H100/H200 GPU machine without network access (about 7 minutes; stopped at 8):
+# DPO and RPO training steps on a ~0.5B Qwen2-shaped model built from config (bf16, sdpa), beside TRL's own
+# DPOTrainer, full-parameter and LoRA, plain / chunked / packed log-probs; prints tokens/s, MFU against 989 TFLOP/s,
+# peak memory, the ratios against TRL and full fine-tuning, and the largest batch that fits (ours and TRL's); writes
+# results.json / results.md (rewritten after every configuration, so a stopped run keeps what it measured).
 #
 #   bash scripts/gpu_check.sh [output_dir [gpu_check.py options]]    # default runs/gpu_check
 #   bash scripts/gpu_check.sh runs/gpu_check_small --batch 8 --prompt_len 256 --completion_len 256 --repeats 2
@@ -26,4 +28,4 @@ export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1 TOKENIZER
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 "$PY" -c 'import torch, transformers, trl, peft, accelerate, datasets
 print("versions:", *(f"{m.__name__} {m.__version__}" for m in (torch, transformers, trl, peft, accelerate, datasets)))'
-timeout 295 "$PY" scripts/gpu_check.py --output "$out" "${@:2}"
+timeout 480 "$PY" scripts/gpu_check.py --output "$out" "${@:2}"

@@ -84,7 +84,8 @@ def resolve_layers(spec, trace_file: str | None, num_layers: int) -> list[int] |
     layers = list(range(num_layers)) if parsed == "all" else traced_layers(trace_file) if parsed == "auto" else parsed
     bad = [layer for layer in layers if not 0 <= layer < num_layers]
     if bad:
-        raise UsageError(f"unlearn_layers {bad} are not layers of this {num_layers}-layer model; use 0..{num_layers - 1}")
+        raise UsageError(f"unlearn_layers {bad} are not layers of this {num_layers}-layer model; "
+                         f"use 0..{num_layers - 1}")
     return layers
 
 
@@ -96,7 +97,7 @@ class UnlearnConfig(trl.SFTConfig):
         "help": "joint: -CE_forget + alpha*CE_retain with the adaptive alpha (the paper); ga: gradient ascent; gd: "
                 "gradient difference with retain_weight; npo: NPO on the forget set + retain_weight*CE_retain.",
         "choices": list(UNLEARN_LOSSES)})
-    unlearn_layers: list[int] | list[str] | str = field(default="auto", metadata={
+    unlearn_layers: list[int] | list[str] | str = field(default_factory=lambda: ["auto"], metadata={
         "help": "Layers whose MLP weights train (everything else is frozen and left out of the optimizer): indices "
                 "such as 0-5 or 1,3,5; all (every layer's MLP); auto (trace_file's suggested_layers); full (every "
                 "parameter: the full-model baselines). The paper's traced layers for OLMo 1B/7B are 0-5; the "

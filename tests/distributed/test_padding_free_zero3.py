@@ -24,8 +24,8 @@ def tiny_model(tmp_path_factory) -> Path:
 
 def _step1_loss(model: Path, output_dir: Path, cache: Path, *extra: str) -> float:
     launch(TRAIN, "--config", str(REPO / "recipes" / "rpo" / "sort8_tiny_cpu.yaml"), "--model_name_or_path",
-           str(model), "--output_dir", str(output_dir), "--max_steps", "1", "--save_strategy", "no",
-           "--logging_steps", "1", "--dataset_num_examples", "16", "--per_device_train_batch_size", "8",
+           str(model), "--output_dir", str(output_dir), "--max_steps", "1", "--save_steps", "1",
+           "--logging_steps", "1", "--dataset_num_examples", "64", "--per_device_train_batch_size", "8",
            "--eval_task", "", "--build_tiny_model_if_missing", "false", *extra, env={"POSTTRAIN_CACHE": str(cache)})
     return next(row["loss"] for row in read_jsonl(output_dir / "metrics.jsonl") if "loss" in row)
 

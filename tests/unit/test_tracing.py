@@ -61,7 +61,8 @@ def test_restoring_every_layer_recovers_the_clean_probability(model_and_tokenize
 
 def test_noise_std_follows_the_rule_and_the_seed(model_and_tokenizer):
     model, tokenizer = model_and_tokenizer
-    facts = [tokenize_fact(tokenizer, FACT, 0), tokenize_fact(tokenizer, {**FACT, "prompt": "Vorel Tamsin works as"}, 1)]
+    other_relation = {**FACT, "prompt": "Vorel Tamsin works as"}
+    facts = [tokenize_fact(tokenizer, FACT, 0), tokenize_fact(tokenizer, other_relation, 1)]
     start, end = facts[0].subject
     subject_rows = model.get_input_embeddings().weight[list(facts[0].ids[start:end])]
     assert embedding_std(model, facts) == pytest.approx(subject_rows.std().item(), rel=1e-6)  # one distinct subject
