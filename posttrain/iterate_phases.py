@@ -281,4 +281,3 @@ def evaluate(stage_dir: Path, generator, rows: list[dict], reference_dir: Path, 
     atomic_write_json(stage_dir / "winrate.json", metrics)
     return {**described, "win_rate": metrics["win_rate"], "standard_error": metrics["standard_error"],
             "n_failed": metrics["n_failed"], "judge_seconds": round(time.monotonic() - started, 1)}
-
