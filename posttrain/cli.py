@@ -71,7 +71,8 @@ def _eval_task(args) -> None:
 # `posttrain demo <which>`: a method's own comparison -> (its function, its default output folder).
 DEMO_COMPARISONS = {"rpo": ("posttrain.demo_rpo:run_rpo_comparison", "runs/demo-rpo"),
                     "srpo": ("posttrain.demo_srpo:run_srpo_comparison", "runs/demo-srpo"),
-                    "dypo": ("posttrain.demo_dypo:run_dypo_comparison", "runs/demo-dypo")}
+                    "dypo": ("posttrain.demo_dypo:run_dypo_comparison", "runs/demo-dypo"),
+                    "inpo": ("posttrain.demo_inpo:run_inpo_comparison", "runs/demo-inpo")}
 
 
 def _demo(args) -> None:
@@ -135,7 +136,8 @@ def build_parser() -> argparse.ArgumentParser:
                                             "an SFT-on-chosen control -> one table; `demo rpo`: DPO vs RPO "
                                             "(3 normalisations) vs SFT-on-chosen; `demo srpo`: win rate by "
                                             "revision, in and out of distribution; `demo dypo`: DYPO vs GRPO vs "
-                                            "SFT on teacher traces vs one-teacher DYPO")
+                                            "SFT on teacher traces vs one-teacher DYPO; `demo inpo`: INPO vs "
+                                            "iterative DPO over 3 loop iterations, with a length-biased judge")
     demo.add_argument("which", nargs="?", default="all", choices=["all", *DEMO_COMPARISONS])
     demo.add_argument("--output", default="runs/demo")
     demo.add_argument("--seeds", type=int, nargs="+", default=[0, 1])

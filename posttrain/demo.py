@@ -158,6 +158,7 @@ def _imported_stage(stages: SeedStages, path: str) -> dict:
 # method name -> its demo stage, for methods whose demo needs other data than the seed's on-policy pairs.
 CUSTOM_STAGES: dict[str, Callable[[SeedStages], dict]] = {
     "dypo": partial(_imported_stage, path="posttrain.demo_dypo:demo_stage"),  # verifiable prompts, teacher traces
+    "inpo": partial(_imported_stage, path="posttrain.demo_inpo:demo_stage"),  # the loop, 3 iterations, own samples
 }
 
 

@@ -160,9 +160,10 @@ def load_rows(source: str, setting: str, split: str, limit: int, seed: int) -> l
         raise UsageError(f"{setting} {source!r} needs a 'prompt' or 'instruction' column "
                          f"(has: {', '.join(dataset.column_names)})")
     if len(dataset) < limit:
+        fix = "lower eval_num_prompts" if setting.startswith("eval") else \
+            "lower prompts_per_iteration or iterations, or set new_prompts_each_iteration false"
         raise UsageError(f"{setting} {source!r} ({split}) has {len(dataset)} rows, fewer than the {limit} the loop "
-                         f"needs; lower prompts_per_iteration/eval_num_prompts or set new_prompts_each_iteration "
-                         f"false")
+                         f"needs; {fix}")
     rows = []
     for record in dataset:
         prompt = record[column]

@@ -99,6 +99,13 @@ def sample(stage_dir: Path, generator, rows: list[dict], loop, seed: int, label:
 # --- judge and pairs ---------------------------------------------------------------------------------------------
 
 
+def close_judge(judge) -> None:
+    """Release an llm: judge's model (its `ModelPool`), so that the next phase's model has the memory."""
+    pool = getattr(getattr(judge, "generator", None), "pool", None)
+    if pool is not None:
+        pool.close()
+
+
 def judge_samples(stage_dir: Path, samples_file: Path, judge, judge_config: dict, loop, seed: int,
                   label: str) -> dict:
     """Rank each prompt's K samples with the judge (`posttrain.ranking`); ties and failed annotations are counted."""
@@ -106,10 +113,13 @@ def judge_samples(stage_dir: Path, samples_file: Path, judge, judge_config: dict
 
     rows = list(read_jsonl(samples_file))
     answers = [r.get("answer") for r in rows]
-    ranked = rank_samples(judge, [r["instruction"] for r in rows], [r["samples"] for r in rows],
-                          scheme=loop.ranking, answers=None if all(a is None for a in answers) else answers,
-                          seed=seed, cache=stage_dir / "annotations.cache.jsonl", judge_config=judge_config,
-                          progress=label)
+    try:
+        ranked = rank_samples(judge, [r["instruction"] for r in rows], [r["samples"] for r in rows],
+                              scheme=loop.ranking, answers=None if all(a is None for a in answers) else answers,
+                              seed=seed, cache=stage_dir / "annotations.cache.jsonl", judge_config=judge_config,
+                              progress=label)
+    finally:
+        close_judge(judge)
     kill_point(label)
     write_jsonl(stage_dir / RANKING, [r.to_dict() for r in ranked.prompts])
     return ranked.counts()
@@ -271,9 +281,12 @@ def evaluate(stage_dir: Path, generator, rows: list[dict], reference_dir: Path, 
     outputs = [r["output"] for r in read_jsonl(stage_dir / "outputs.jsonl")]
     references = [r["output"] for r in read_jsonl(reference_dir / "outputs.jsonl")]
     started = time.monotonic()
-    judged = annotate_cached(judge, [r["instruction"] for r in rows], references, outputs,
-                             stage_dir / "annotations.cache.jsonl", judge_config,
-                             answers=[r.get("answer") for r in rows], progress="judge vs pi_0")
+    try:
+        judged = annotate_cached(judge, [r["instruction"] for r in rows], references, outputs,
+                                 stage_dir / "annotations.cache.jsonl", judge_config,
+                                 answers=[r.get("answer") for r in rows], progress="judge vs pi_0")
+    finally:
+        close_judge(judge)
     preferences = [j["preference"] for j in judged]
     if all(p is None for p in preferences):
         raise UsageError(f"the eval judge failed on all {len(rows)} prompts ({stage_dir}); use another eval_judge")

@@ -19,7 +19,9 @@ H100_SXM_BF16_DENSE_FLOPS = 989e12  # NVIDIA's spec sheet, dense (no sparsity)
 
 
 def step_timer():
-    """A TrainerCallback that records each optimizer step's wall time, synchronising CUDA at both ends."""
+    """A TrainerCallback that records each optimizer step's wall time, synchronising CUDA at both ends, and its CPU
+    time (this process, all threads): on a shared CPU machine the CPU time is what the step itself cost, while the
+    wall time also counts waiting for cores that other processes hold."""
     import torch
     from transformers import TrainerCallback
 
@@ -30,19 +32,21 @@ def step_timer():
     class StepTimer(TrainerCallback):
         def __init__(self):
             self.durations: list[float] = []
-            self._began = 0.0
+            self.cpu_durations: list[float] = []
+            self._began = self._began_cpu = 0.0
 
         def on_step_begin(self, *args, **kwargs):
             sync()
-            self._began = time.perf_counter()
+            self._began, self._began_cpu = time.perf_counter(), time.process_time()
 
         def on_step_end(self, *args, **kwargs):
             sync()
             self.durations.append(time.perf_counter() - self._began)
+            self.cpu_durations.append(time.process_time() - self._began_cpu)
 
-        def median(self, skip: int, count: int | None = None) -> float:
-            """Median of `count` steps (all the rest when None) after the first `skip`."""
-            timed = self.durations[skip:None if count is None else skip + count]
+        def median(self, skip: int, count: int | None = None, cpu: bool = False) -> float:
+            """Median wall (or `cpu`) time of `count` steps (all the rest when None) after the first `skip`."""
+            timed = (self.cpu_durations if cpu else self.durations)[skip:None if count is None else skip + count]
             if not timed:
                 raise ValueError(f"only {len(self.durations)} steps ran; nothing left to time after {skip} warm-up")
             return statistics.median(timed)
@@ -98,6 +102,12 @@ def step_flops(model_config, linear_params: int, tokens: int, seq_len: int, weig
     return tokens * forward * ((3 if weight_grads else 2) + extra_forwards)
 
 
+NON_KERNEL_OPS = frozenset((  # aten operators that only allocate, view or relabel a tensor
+    "as_strided", "resolve_conj", "resolve_neg", "empty", "empty_strided", "empty_like", "view", "_unsafe_view",
+    "t", "transpose", "expand", "reshape", "_reshape_alias", "unsqueeze", "squeeze", "detach", "alias", "slice",
+    "select", "permute", "lift_fresh", "split", "chunk", "unbind", "narrow", "numpy_T", "set_", "result_type"))
+
+
 def _walk(nodes):
     for node in nodes:
         yield node
@@ -112,11 +122,14 @@ def summarize_profile(profiler, wall_s: float) -> dict:
 
     events = profiler.events()
     ops = [e for e in events if e.name.startswith("aten::") and e.device_type == torch.autograd.DeviceType.CPU]
-    # Leaf operators (no aten operator below them) are the ones that launch kernels, so their count is a
-    # device-agnostic measure of per-step launch overhead.
-    leaves = Counter(e.name for e in ops if not any(c.name.startswith("aten::") for c in e.cpu_children))
-    summary = {"profiled_step_s": round(wall_s, 4), "aten_ops": len(ops), "leaf_ops": sum(leaves.values()),
-               "leaf_op_counts": dict(leaves.most_common())}
+    # Operators that compute (not views, allocations or metadata) and call no other computing operator are the
+    # ones that launch kernels on a GPU, so their count is a device-agnostic measure of per-step launch overhead.
+    def computes(event) -> bool:
+        return event.name.startswith("aten::") and event.name[6:] not in NON_KERNEL_OPS
+
+    leaves = Counter(e.name for e in ops if computes(e) and not any(computes(c) for c in e.cpu_children))
+    summary = {"profiled_step_s": round(wall_s, 4), "aten_ops": len(ops), "compute_ops": sum(leaves.values()),
+               "compute_op_counts": dict(leaves.most_common())}
     kernels = [e for e in events if e.device_type == torch.autograd.DeviceType.CUDA]
     if kernels:
         busy = sum(e.device_time for e in kernels) / 1e6

@@ -30,6 +30,7 @@ Output folder (see `posttrain.tracing_report` for the tables):
 from __future__ import annotations
 
 import contextlib
+import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -127,13 +128,19 @@ def embedding_std(model, facts: list[TracedFact], source: str = "subjects") -> f
     import torch
 
     embed = embedding_module(model)
-    device = embed.weight.device
+    if source == "vocabulary":
+        ids = [range(start, min(start + 4096, embed.num_embeddings))
+               for start in range(0, embed.num_embeddings, 4096)]  # in chunks: a large vocabulary in float64 is GBs
+    else:
+        ids = sorted({fact.ids[fact.subject[0]:fact.subject[1]] for fact in facts})
+    count = total = squares = 0.0
     with torch.no_grad():
-        if source == "vocabulary":
-            return embed(torch.arange(embed.num_embeddings, device=device)).float().std().item()
-        subjects = {fact.ids[fact.subject[0]:fact.subject[1]] for fact in facts}
-        vectors = [embed(torch.tensor(ids, device=device)).float() for ids in sorted(subjects)]
-        return torch.cat(vectors).std().item()
+        for chunk in ids:  # through the module, so an embedding that scales its output is measured as noised
+            values = embed(torch.tensor(list(chunk), device=embed.weight.device)).double()
+            count += values.numel()
+            total += values.sum().item()
+            squares += values.square().sum().item()
+    return math.sqrt((squares - total * total / count) / (count - 1))
 
 
 def noise_bank(fact: TracedFact, fact_index: int, hidden_size: int, scale: float, config: TraceConfig):

@@ -180,7 +180,7 @@ def run_config(name: str, model: Path, data: Path, workdir: Path, args) -> dict:
         "trainable_params": sum(p.numel() for p in unwrapped.parameters() if p.requires_grad),
         "reference_model_loaded": trainer.ref_model is not None,
         "final_loss": next((h["loss"] for h in reversed(trainer.state.log_history) if "loss" in h), None),
-        **{k: v for k, v in profiled.summary.items() if k != "leaf_op_counts"},
+        **{k: v for k, v in profiled.summary.items() if k != "compute_op_counts"},
     }
     del trainer, unwrapped
     gc.collect()
@@ -308,7 +308,7 @@ def markdown(results: list[dict], setup: dict, recipe: dict | None = None, searc
     for r in results:
         busy = f"{r['gpu_busy_fraction']:.0%}" if "gpu_busy_fraction" in r else "-"
         lines.append(f"| {r['config']} | {r['median_step_s']:.4f} | {r['spread']:.1%} | {r['tokens_per_s']:,} | "
-                     f"{r['tflops_per_s']} | {r['mfu']:.1%} | {busy} | {r.get('kernels', r.get('leaf_ops', '-'))} | "
+                     f"{r['tflops_per_s']} | {r['mfu']:.1%} | {busy} | {r.get('kernels', r.get('compute_ops', '-'))} | "
                      f"{r['peak_memory_gib']} | {r['trainable_params'] / 1e6:.1f}M | {r['reference_model_loaded']} | "
                      f"{r['final_loss']:.4f} |")
     lines += comparisons({r["config"]: r for r in results}, searched)

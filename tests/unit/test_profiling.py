@@ -16,7 +16,7 @@ def test_cpu_step_peak_is_the_high_water_of_tensors_allocated_during_the_profile
         third = torch.ones(MIB // 8)
     summary = summarize_profile(profiler, wall_s=1.0)
     assert summary["cpu_step_peak_mib"] == 2.0
-    assert summary["leaf_op_counts"]["aten::fill_"] == 3  # torch.ones: an allocation, then a fill kernel
+    assert summary["compute_op_counts"]["aten::fill_"] == 3  # torch.ones: an allocation, then a fill kernel
     del resident, second, third
 
 
