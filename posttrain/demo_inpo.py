@@ -195,6 +195,7 @@ def plot_curves(rows: list[dict], path: Path) -> None:
     for ax, (title, _) in zip(axes, METRICS.values()):
         ax.set_title(title)
         ax.set_xlabel("iteration (model pi_t)")
+        ax.set_xticks(range(max(len(r["points"]) for r in rows)))
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=7)
     save_figure(fig, path)

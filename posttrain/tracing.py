@@ -24,7 +24,8 @@ Output folder (see `posttrain.tracing_report` for the tables):
                       "counts": [facts contributing to each row]}},
    "suggested_layers": [int, ...],                    # [] when no fact is known or mlp was not traced
    "suggestion": {"kind": "mlp", "position": "last_subject", "min_share": float, "share": float}}
-- `trace_<kind>.png`: heatmaps; `facts.jsonl`: one record per fact (a rerun resumes); `settings.json`.
+- `trace_<kind>.png`: heatmaps; `facts.jsonl`: one record per fact (a rerun resumes); `settings.json`: the model,
+  facts and settings the records depend on (a rerun with others into the same folder is refused).
 """
 
 from __future__ import annotations
@@ -269,10 +270,18 @@ def trace_fact(model, fact: TracedFact, noise, config: TraceConfig) -> dict:
     return record
 
 
-def _check_settings(output: Path, settings: dict) -> None:
-    """A rerun into the same folder resumes only a trace of the same model and settings."""
+def _check_settings(output: Path, model_name: str, facts: list[dict], config: TraceConfig) -> None:
+    """A rerun into the same folder resumes only a trace of the same model, facts and the settings that shape the
+    per-fact results (not `batch_size` or `min_effect_share`)."""
+    import hashlib
+    import json
+
     from posttrain.io import atomic_write_json, read_json
 
+    rows = json.dumps([[fact[key] for key in FACT_COLUMNS] for fact in facts])
+    shaping = {key: value for key, value in asdict(config).items() if key not in ("batch_size", "min_effect_share")}
+    settings = {"model": model_name, "facts_sha256": hashlib.sha256(rows.encode()).hexdigest(), **shaping,
+                "kinds": list(config.kinds)}
     path = output / "settings.json"
     if path.exists() and read_json(path) != settings:
         raise UsageError(f"{output} holds a trace with other settings ({path}); pass another --output or delete it")
@@ -292,7 +301,7 @@ def run_trace(model, tokenizer, facts: list[dict], output_dir, config: TraceConf
     facts = facts[:config.num_facts] if config.num_facts else facts
     traced = [tokenize_fact(tokenizer, fact, index) for index, fact in enumerate(facts)]
     output.mkdir(parents=True, exist_ok=True)
-    _check_settings(output, {"model": model_name, **asdict(config), "kinds": list(config.kinds)})
+    _check_settings(output, model_name, facts, config)
     model.eval()
     sigma = embedding_std(model, traced, config.noise_std_source)
     hidden_size = embedding_module(model).weight.shape[1]

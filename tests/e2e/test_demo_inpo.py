@@ -9,7 +9,7 @@ from posttrain.demo_inpo import run_inpo_comparison
 from posttrain.io import read_json
 
 RUNS = (("rule-longer", "inpo"), ("rule-longer", "dpo"))
-SMALL = {"seeds": (0,), "eval_examples": 20, "prompts_per_iteration": 32, "iterations": 2, "runs": RUNS}
+SMALL = {"seeds": (0,), "eval_examples": 20, "prompts_per_iteration": 32, "iterations": 1, "runs": RUNS}
 
 
 def _records(root: Path) -> dict[str, int]:
@@ -25,7 +25,7 @@ def test_inpo_comparison_runs_both_loops_from_one_sft_model_and_a_rerun_skips_ev
     for row in rows:
         loop = output / "seed0" / row["judge"] / row["arm"]
         assert read_json(loop / "settings" / ".done.json")["result"]["model_name_or_path"] == sft  # pi_0 = SFT
-        assert [p["iteration"] for p in row["points"]] == [0, 1, 2] and all(row["pairs"])
+        assert [p["iteration"] for p in row["points"]] == [0, 1] and all(row["pairs"])
         assert all(0 <= p["accuracy"] <= 1 and p["mean_length_tokens"] > 0 for p in row["points"])
     assert rows[0]["points"][0] == rows[1]["points"][0]  # the same pi_0, evaluated the same way
     report = (output / "report.md").read_text()

@@ -1,5 +1,5 @@
 """`posttrain trace` end to end on the tiny model: effect tables, heatmaps, trace.json's schema, resume, and the
-refusal to mix settings in one output folder."""
+refusal to mix settings that shape the results in one output folder."""
 
 from __future__ import annotations
 
@@ -56,6 +56,9 @@ def test_trace_writes_tables_heatmaps_and_resumes(tiny_model_dir, tmp_path, caps
     main(argv)  # a rerun resumes: nothing is traced again, the same tables come out
     assert len(list(read_jsonl(output / "facts.jsonl"))) == 3
     assert json.loads((output / "trace.json").read_text()) == trace
+    main([*argv, "--min_effect_share", "1.0", "--batch_size", "4"])  # only the summary changes: no retrace
+    assert len(list(read_jsonl(output / "facts.jsonl"))) == 3
+    assert json.loads((output / "trace.json").read_text())["suggestion"]["min_share"] == 1.0
 
 
 def test_a_rerun_with_other_settings_is_refused(tiny_model_dir, tmp_path, capsys):
