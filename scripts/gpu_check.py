@@ -16,6 +16,7 @@ Configurations (same model, data and batch):
   trl-dpo-lora          TRL's DPOTrainer, LoRA r16 all-linear with PEFT's defaults (fp32 adapters, input casts)
   dpo-lora-peft-defaults  posttrain DPO, LoRA with PEFT's defaults (lora_cast_input_dtype true)
   dpo-lora              posttrain DPO, LoRA with posttrain's defaults (no per-layer input casts under autocast)
+  dpo-lora-bf16         ... and adapters kept in bf16 (lora_autocast_adapter_dtype false): no casts at all
   rpo-lora              RPO, LoRA r16 all-linear, cached reference
 
 Then (`--batch_search`) the largest batch that fits, for TRL's DPOTrainer and for posttrain's chunked DPO: a
@@ -64,6 +65,7 @@ CONFIGS = {
     "trl-dpo-lora": {"method": "dpo", "use_peft": True, "trainer": "trl"},
     "dpo-lora-peft-defaults": {"method": "dpo", "use_peft": True, "lora_cast_input_dtype": True},
     "dpo-lora": {"method": "dpo", "use_peft": True},
+    "dpo-lora-bf16": {"method": "dpo", "use_peft": True, "lora_autocast_adapter_dtype": False},
     "rpo-lora": {"method": "rpo", "rpo_eta": 0.005, "sft_normalization": "sum", "use_peft": True},
 }
 SEARCHED = ("trl-dpo-full", "dpo-full-chunked")  # the batch search: TRL's trainer against ours at its leanest
@@ -266,8 +268,8 @@ def recipe_check(model: Path, data: Path, workdir: Path, smoke: bool) -> dict:
 
 RATIOS = (  # (label, ours, baseline): step-time and peak-memory ratios printed under the table
     ("ours / TRL, full", ("dpo-full", "dpo-full-chunked", "dpo-full-packed"), "trl-dpo-full"),
-    ("ours / TRL, LoRA", ("dpo-lora", "dpo-lora-peft-defaults"), "trl-dpo-lora"),
-    ("LoRA / full", ("dpo-lora", "dpo-lora-peft-defaults"), "dpo-full"),
+    ("ours / TRL, LoRA", ("dpo-lora", "dpo-lora-bf16", "dpo-lora-peft-defaults"), "trl-dpo-lora"),
+    ("LoRA / full", ("dpo-lora", "dpo-lora-bf16", "dpo-lora-peft-defaults"), "dpo-full"),
     ("LoRA / full, TRL", ("trl-dpo-lora",), "trl-dpo-full"),
     ("RPO cached / live reference", ("rpo-full",), "rpo-full-live"),
 )

@@ -22,7 +22,8 @@ def test_gpu_check_script_runs_every_configuration(tmp_path):
     written = json.loads((out / "results.json").read_text())
     results = {r["config"]: r for r in written["results"]}
     assert set(results) == {"trl-dpo-full", "dpo-full", "dpo-full-chunked", "dpo-full-packed", "rpo-full",
-                            "rpo-full-live", "trl-dpo-lora", "dpo-lora-peft-defaults", "dpo-lora", "rpo-lora"}
+                            "rpo-full-live", "trl-dpo-lora", "dpo-lora-peft-defaults", "dpo-lora", "dpo-lora-bf16",
+                            "rpo-lora"}
     for name, row in results.items():
         assert row["reference_model_loaded"] is (name == "rpo-full-live")
         assert row["tokens_per_step"] == 2 * 2 * (12 + 8 + 1)  # pairs x (chosen, rejected) x (prompt + answer + EOS)
