@@ -131,4 +131,8 @@ def summary_lines(summary: dict) -> list[str]:
     suggestion = summary["suggestion"]
     lines.append(f"suggested_layers {summary['suggested_layers']} ({suggestion['share']:.0%} of the "
                  f"{suggestion['kind']} effect at the last subject token)")
+    window, depth = summary["settings"]["window"], summary["num_layers"]
+    if set(summary["effects"]) - {"hidden"} and 2 * window > depth:
+        lines.append(f"note: the {window}-layer window restores most of this {depth}-layer model, so mlp and attn "
+                     f"effects are nearly flat across layers; try --window {max(1, depth // 4)}")
     return lines

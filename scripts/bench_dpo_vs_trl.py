@@ -21,7 +21,8 @@ the difference), max RSS, and the three ratios against TRL with their targets. S
 per step with one torch thread per worker (`--threads`): on a shared machine wall time mostly measures the
 neighbours, CPU time what the step cost; both are printed.
 
-    python scripts/bench_dpo_vs_trl.py                  # about 10 minutes on 2 CPU cores
+    python scripts/bench_dpo_vs_trl.py                  # every configuration, 2 interleaved rounds
+    python scripts/bench_dpo_vs_trl.py --batch 2 --repeats 1 --warmup 1 --steps 3   # docs/methods.md §9.1's run
     python scripts/bench_dpo_vs_trl.py --batch 2 --steps 2 --warmup 1 --repeats 1 --vocab 4096   # smoke run
 """
 
@@ -53,7 +54,7 @@ def parse_args(argv=None):
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--steps", type=int, default=6, help="timed steps")
     parser.add_argument("--repeats", type=int, default=2, help="rounds of every configuration, interleaved")
-    parser.add_argument("--chunk", type=int, default=1024, help="logps_chunk_size of the chunked configurations")
+    parser.add_argument("--chunk", type=int, default=256, help="logps_chunk_size of the chunked configurations")
     parser.add_argument("--configs", nargs="+", help="only these shape/variant configurations (default: all; the "
                                                      "three ratios need var/trl, equal/trl, equal/ours and the best "
                                                      "of ours)")
