@@ -72,7 +72,8 @@ def _eval_task(args) -> None:
 DEMO_COMPARISONS = {"rpo": ("posttrain.demo_rpo:run_rpo_comparison", "runs/demo-rpo"),
                     "srpo": ("posttrain.demo_srpo:run_srpo_comparison", "runs/demo-srpo"),
                     "dypo": ("posttrain.demo_dypo:run_dypo_comparison", "runs/demo-dypo"),
-                    "inpo": ("posttrain.demo_inpo:run_inpo_comparison", "runs/demo-inpo")}
+                    "inpo": ("posttrain.demo_inpo:run_inpo_comparison", "runs/demo-inpo"),
+                    "unlearn": ("posttrain.demo_unlearn:run_unlearn_comparison", "runs/demo-unlearn")}
 
 
 def _demo(args) -> None:
@@ -137,7 +138,9 @@ def build_parser() -> argparse.ArgumentParser:
                                             "(3 normalisations) vs SFT-on-chosen; `demo srpo`: win rate by "
                                             "revision, in and out of distribution; `demo dypo`: DYPO vs GRPO vs "
                                             "SFT on teacher traces vs one-teacher DYPO; `demo inpo`: INPO vs "
-                                            "iterative DPO over 3 loop iterations, with a length-biased judge")
+                                            "iterative DPO over 3 loop iterations, with a length-biased judge; "
+                                            "`demo unlearn`: trace the facts model, then unlearn with traced "
+                                            "layers vs random layers vs gradient difference vs NPO")
     demo.add_argument("which", nargs="?", default="all", choices=["all", *DEMO_COMPARISONS])
     demo.add_argument("--output", default="runs/demo")
     demo.add_argument("--seeds", type=int, nargs="+", default=[0, 1])

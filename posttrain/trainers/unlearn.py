@@ -81,6 +81,9 @@ def resolve_layers(spec, trace_file: str | None, num_layers: int) -> list[int] |
     parsed = parse_layer_spec(spec)
     if parsed == "full":
         return None
+    if parsed == "auto" and not trace_file:  # checked here, not in the config: a starter recipe leaves it unset
+        raise UsageError("unlearn_layers auto reads the traced layers from trace_file; set trace_file (from "
+                         "`posttrain trace`), or list the layers (e.g. 0-5), or use all or full")
     layers = list(range(num_layers)) if parsed == "all" else traced_layers(trace_file) if parsed == "auto" else parsed
     bad = [layer for layer in layers if not 0 <= layer < num_layers]
     if bad:
@@ -140,9 +143,7 @@ class UnlearnConfig(trl.SFTConfig):
             raise ValueError(f"unlearn_loss must be one of {', '.join(UNLEARN_LOSSES)}, got {self.unlearn_loss!r}")
         if self.baseline_mean not in BASELINE_MEANS:
             raise ValueError(f"baseline_mean must be one of {', '.join(BASELINE_MEANS)}, got {self.baseline_mean!r}")
-        if parse_layer_spec(self.unlearn_layers) == "auto" and not self.trace_file:
-            raise ValueError("unlearn_layers auto reads the traced layers from trace_file; set trace_file (from "
-                             "`posttrain trace`), or list the layers (e.g. 0-5), or use all or full")
+        parse_layer_spec(self.unlearn_layers)  # the syntax; `auto` needs trace_file, checked by the hook
         if self.alpha_min > self.alpha_max:
             raise ValueError(f"alpha_min {self.alpha_min} is above alpha_max {self.alpha_max}")
         if self.baseline_epochs < 1:
