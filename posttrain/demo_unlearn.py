@@ -180,6 +180,18 @@ def run_unlearn_comparison(output: str = "runs/demo-unlearn", seeds: tuple[int, 
     return results
 
 
+# The headline demo's part (`posttrain demo`): the traced arm only, on a facts model trained 40 epochs (it already
+# knows every fact then) and traced on 20 forget facts, to keep the demo's added time small.
+HEADLINE_SETTINGS = UnlearnDemoSettings(sft_epochs=40, trace_facts=20)
+
+
+def headline_unlearning(output: str, seeds: tuple[int, ...]) -> dict:
+    """The traced arm per seed under `output` (resumable): {before, rows, means} for the headline report."""
+    stages = UnlearnStages(open_demo(output, HEADLINE_SETTINGS), HEADLINE_SETTINGS)
+    _, before, rows = run_arms(stages, seeds, arms=("traced",))
+    return {"before": before, "rows": rows, "means": mean_rows(rows, before)}
+
+
 def _write_report(output: Path, results: dict) -> None:
     trace = results["trace"]
     text = "\n".join([

@@ -199,3 +199,15 @@ def largest_fitting_batch(try_batch, start: int, limit: int) -> dict:
             clear_device_cache(garbage_collection=True)
         largest, batch = batch, batch * 2
     return {"largest": largest, "tried": tried}
+
+
+def report_summary(summary: dict, output: str | None) -> None:
+    """Print a benchmark's summary as JSON and, with `output`, also write it there atomically."""
+    from pathlib import Path
+
+    from posttrain.io import atomic_write_text
+
+    text = json.dumps(summary, indent=2)
+    print(text)
+    if output:
+        atomic_write_text(Path(output), text + "\n")

@@ -37,7 +37,7 @@ import statistics
 import tempfile
 from pathlib import Path
 
-from posttrain.profiling import RESULT_PREFIX, run_workers_interleaved
+from posttrain.profiling import RESULT_PREFIX, report_summary, run_workers_interleaved
 
 SHAPES = ("var", "equal")
 VARIANTS = ("trl", "ours", "ours-chunked", "ours-packed", "ours-chunked-packed")
@@ -217,12 +217,7 @@ def main(argv=None) -> dict:
     summary = {"rows": rows, "ratios": ratios(rows),
                "setup": {**{k: getattr(args, k) for k in ("hidden", "layers", "vocab", "batch", "warmup", "steps",
                                                           "repeats", "chunk", "threads")}, **engine_switches()}}
-    text = json.dumps(summary, indent=2)
-    print(text)
-    if args.output:
-        from posttrain.io import atomic_write_text
-
-        atomic_write_text(Path(args.output), text + "\n")
+    report_summary(summary, args.output)
     return summary
 
 

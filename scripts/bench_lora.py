@@ -29,7 +29,7 @@ import tempfile
 from collections import Counter
 from pathlib import Path
 
-from posttrain.profiling import RESULT_PREFIX, run_workers_interleaved
+from posttrain.profiling import RESULT_PREFIX, report_summary, run_workers_interleaved
 
 CONFIGS = {
     "full": None,
@@ -134,12 +134,7 @@ def main(argv=None) -> dict:
         row["wall_step_vs_full"] = round(row["median_step_s"] / rows["full"]["median_step_s"], 3)
     summary = {"rows": rows, "setup": {k: getattr(args, k) for k in ("layers", "batch", "length", "warmup", "steps",
                                                                       "repeats")}}
-    text = json.dumps(summary, indent=2)
-    print(text)
-    if args.output:
-        from posttrain.io import atomic_write_text
-
-        atomic_write_text(Path(args.output), text + "\n")
+    report_summary(summary, args.output)
     return summary
 
 

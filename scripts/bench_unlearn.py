@@ -23,6 +23,8 @@ import statistics
 import tempfile
 from pathlib import Path
 
+from bench_rpo import build_model  # scripts/ is on sys.path when this file runs as a script
+
 from posttrain.profiling import RESULT_PREFIX, run_workers_interleaved
 
 CONFIGS = ("layer-frozen", "full")
@@ -43,24 +45,6 @@ def parse_args(argv=None):
     parser.add_argument("--worker", choices=CONFIGS, help=argparse.SUPPRESS)
     parser.add_argument("--workdir", help=argparse.SUPPRESS)
     return parser.parse_args(argv)
-
-
-def build_model(workdir: Path, hidden: int, layers: int) -> Path:
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    from posttrain.data import tokenizer_corpus
-    from posttrain.models import build_tiny_tokenizer
-
-    tokenizer = build_tiny_tokenizer(tokenizer_corpus())
-    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=hidden, num_hidden_layers=layers,
-                         num_attention_heads=hidden // 64, num_key_value_heads=hidden // 64, head_dim=64,
-                         intermediate_size=int(hidden * 2.75), max_position_embeddings=512, tie_word_embeddings=True,
-                         pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
-                         eos_token_id=tokenizer.eos_token_id)
-    path = workdir / "model"
-    LlamaForCausalLM(config).save_pretrained(path)
-    tokenizer.save_pretrained(path)
-    return path
 
 
 def optimizer_state_mib(optimizer) -> float:
