@@ -86,11 +86,11 @@ def _demo(args) -> None:
         with open(f"{output}/report.md") as report:
             print(report.read())
         return
-    from posttrain.demo import headline_table, run_demo
+    from posttrain.demo import headline_table, run_demo, unlearning_lines
 
-    results = run_demo(args.output, tuple(args.seeds))
+    results = run_demo(args.output, tuple(args.seeds), unlearning=True)
     print(f"\nProving-ground demo ({results['task']}), report: {args.output}/report.md\n")
-    print("\n".join(headline_table(results)))
+    print("\n".join([*headline_table(results), "", *unlearning_lines(results)]))
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -186,8 +186,10 @@ def open_demo(output: str, settings: DemoSettings) -> Pipeline:
 @silent()
 @quiet_libraries()
 def run_demo(output: str = "runs/demo", seeds: tuple[int, ...] = (0, 1), task_name: str = "sort8",
-             num_pair_prompts: int = 3000, eval_examples: int = 500) -> dict:
-    """Run every seed's stages; write `<output>/report.md` and `results.json`; return the results."""
+             num_pair_prompts: int = 3000, eval_examples: int = 500, unlearning: bool = False) -> dict:
+    """Run every seed's stages; write `<output>/report.md` and `results.json`; return the results. `unlearning`
+    (on in `posttrain demo`) adds the unlearning method on the facts task under `<output>/unlearn`, a table of its
+    own (`posttrain.demo_unlearn.headline_unlearning`)."""
     settings = DemoSettings(task_name, num_pair_prompts, eval_examples)
     pipe = open_demo(output, settings)
     tiny, methods = demo_tiny_model(pipe), demo_methods()
@@ -200,6 +202,10 @@ def run_demo(output: str = "runs/demo", seeds: tuple[int, ...] = (0, 1), task_na
         stages.control()
         rows += stages.evaluate([*methods, CONTROL])
     results = {**asdict(settings), "seeds": list(seeds), "pairs": pairs, "rows": rows, "means": mean_rows(rows)}
+    if unlearning:
+        from posttrain.demo_unlearn import headline_unlearning
+
+        results["unlearning"] = headline_unlearning(str(pipe.path("unlearn")), seeds)
     _write_demo_report(Path(output), results)
     return results
 
@@ -232,6 +238,15 @@ def headline_table(results: dict) -> list[str]:
     return lines
 
 
+def unlearning_lines(results: dict) -> list[str]:
+    """The unlearning table under the headline table, when the run has one."""
+    if not results.get("unlearning"):
+        return []
+    from posttrain.demo_unlearn_report import headline_lines
+
+    return headline_lines(results["unlearning"])
+
+
 def _write_demo_report(output: Path, results: dict) -> None:
     pairs = ", ".join(f"seed {seed}: {n}" for seed, n in results["pairs"].items())
     text = "\n".join([
@@ -240,6 +255,6 @@ def _write_demo_report(output: Path, results: dict) -> None:
         "rejected = wrong) from that SFT checkpoint, and SFT on the chosen answers as a control (the DPO toy recipe's "
         f"lr, epochs and batch). Greedy exact match on {results['eval_examples']} held-out prompts; win rate by the "
         f"rule judge against the seed's SFT model. On-policy pairs: {pairs}. Stage reports: `seed*/*/report.md`.",
-        "", *headline_table(results), ""])
+        "", *headline_table(results), "", *unlearning_lines(results)])
     atomic_write_text(output / "report.md", text)
     atomic_write_json(output / "results.json", results)

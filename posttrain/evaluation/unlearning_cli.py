@@ -1,8 +1,9 @@
 """`posttrain eval unlearning` (= `python eval/unlearning.py`): SemEval-2025 Task 4 (LUME) scores, computed as the
 task's evaluation script did (docs/methods.md §5.3).
 
-  posttrain eval unlearning --model runs/unlearn --data ../data/lume --mia_nonmembers held_out.jsonl
-  posttrain eval unlearning --generations outputs.jsonl --data ../data/lume --skip_mia --mmlu_score 0.243
+  posttrain eval unlearning --model runs/unlearn --data tests/fixtures/lume \
+      --mia_nonmembers tests/fixtures/lume/mia_nonmembers.jsonl
+  posttrain eval unlearning --generations outputs.jsonl --data tests/fixtures/lume --skip_mia --mmlu_score 0.243
 
 The forget and retain sets are LUME rows {id, input, output, task} (ids ending sc<digit> or qa<digit>), or a
 prompt-completion set such as pg:facts/forget. The model's greedy outputs on the raw prompts (no chat template unless
