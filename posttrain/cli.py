@@ -1,5 +1,5 @@
-"""`posttrain train|iterate|trace|eval|export|generate|demo|methods|recipe|tiny-model|data|eval-task`: thin wrappers over
-the library."""
+"""`posttrain train|iterate|trace|eval|export|generate|demo|methods|recipe|tiny-model|data|eval-task`: thin wrappers
+over the library."""
 
 from __future__ import annotations
 
