@@ -134,13 +134,14 @@ class UnlearnStages:
         return run_stage(pipe or self.pipe, name, run)
 
     def arm(self, seed: int, arm: str, layers: list[int] | str, trace_file: str) -> dict:
-        """Stages seed<k>/<arm> (unlearning from the facts model) and seed<k>/<arm>-eval; returns the eval row."""
+        """Stages seed<k>/<arm> (unlearning from the facts model) and seed<k>/<arm>-eval; returns the eval row
+        and the steps trained."""
         pipe = self.pipe.sub(f"seed{seed}")
         overrides = {**ARMS[arm], **({} if isinstance(layers, str) else {"unlearn_layers": ",".join(map(str, layers))})}
-        train_stage(pipe, arm, toy_recipe("unlearn"), model_name_or_path=self.model, trace_file=trace_file,
-                    seed=seed, **overrides,
-                    **_given(num_train_epochs=self.settings.unlearn_epochs, learning_rate=self.settings.learning_rate))
-        return self.evaluate(f"{arm}-eval", str(pipe.path(arm)), pipe)
+        summary = train_stage(pipe, arm, toy_recipe("unlearn"), model_name_or_path=self.model, trace_file=trace_file,
+                              seed=seed, **overrides, **_given(num_train_epochs=self.settings.unlearn_epochs,
+                                                               learning_rate=self.settings.learning_rate))
+        return {**self.evaluate(f"{arm}-eval", str(pipe.path(arm)), pipe), "steps": summary["steps"]}
 
 
 def arm_layers(arm: str, trace: dict, seed: int) -> list[int] | str:

@@ -13,12 +13,12 @@ pi_0 is the recipe's `model_name_or_path`. Iteration t (folder `<output_dir>/ite
 
 Each phase is a `posttrain.pipeline` stage: its outputs are written atomically, then its completion record, so a
 rerun after a kill skips finished phases and resumes the killed one. With `method: dpo` the reference of
-iteration t is pi_t (the model it starts from); with `method: inpo` the trainer reads pi_t and pi_0 from the cache.
+iteration t is pi_t (the model it starts from); with `method: inpo` the trainer reads pi_t's and (from iteration 1
+on, as reference_model) pi_0's log-probs from the cache.
 """
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import yaml
@@ -43,7 +43,6 @@ class Loop:
         self.root = Path(recipe.training.output_dir)
         self.pipe = Pipeline(self.root)
         self.pi0 = recipe.model.model_name_or_path
-        self.started = time.monotonic()
 
     # -- models and data --
 
@@ -197,6 +196,7 @@ def check_loop(recipe: Recipe) -> None:
     if not loop.sample_temperature > 0 or not 0 < loop.sample_top_p <= 1 or loop.sample_top_k < 0:
         raise UsageError(f"sampling needs sample_temperature > 0, 0 < sample_top_p <= 1 and sample_top_k >= 0; got "
                          f"{loop.sample_temperature}, {loop.sample_top_p}, {loop.sample_top_k}")
+    _check_reference(recipe)
     _check_choice("ranking", loop.ranking, SCHEMES)
     for key in ("generation_backend", "judge_backend"):
         if getattr(loop, key) is not None:
@@ -219,6 +219,20 @@ def _check_prompts(loop: Loop) -> None:
         if spec.startswith("rule") and any("answer" not in row for row in prompts):
             raise UsageError(f"judge {spec!r} scores against gold answers, but the prompts have no 'answer' column; "
                              f"use prompts with answers (e.g. pg:<task>/sft) or an llm: or reward: judge")
+
+
+def _check_reference(recipe: Recipe) -> None:
+    """INPO's pi_ref is the loop's pi_0, set by `Loop.train_recipe` from iteration 1 on: a recipe's own other
+    reference_model would be ignored, and without precompute iteration 1's recipe would fail after iteration 0."""
+    training, pi0 = recipe.training, recipe.model.model_name_or_path
+    if not hasattr(training, "reference_model"):
+        return
+    if training.reference_model not in (None, pi0):
+        raise UsageError(f"posttrain iterate sets reference_model itself (pi_ref = pi_0 = model_name_or_path "
+                         f"{pi0!r}); remove reference_model {training.reference_model!r} from the recipe")
+    if recipe.loop.iterations > 1 and not training.precompute_ref_log_probs:
+        raise UsageError("from iteration 1 on INPO scores pi_0 as its reference_model, which needs the precomputed "
+                         "cache; set precompute_ref_log_probs true (or iterations 1)")
 
 
 def _check_choice(key: str, value: str, choices: tuple[str, ...]) -> None:

@@ -149,6 +149,8 @@ def make_pairs(stage_dir: Path, samples_file: Path, ranking_file: Path) -> dict:
 def precompute(stage_dir: Path, recipe_file: Path, label: str) -> dict:
     """Build the iteration's trainer once in this process and drop it: its construction scores the pairs under the
     frozen models (pi_t, and pi_0 for INPO) into the N-way log-prob cache, which the train phase then reads."""
+    from accelerate.utils.memory import clear_device_cache
+
     from posttrain.recipe import load_recipe
     from posttrain.train import build_trainer
 
@@ -160,17 +162,9 @@ def precompute(stage_dir: Path, recipe_file: Path, label: str) -> dict:
     trainer = build_trainer(recipe)
     batches = trainer.reference_forward_batches
     del trainer
-    _release_memory()
+    clear_device_cache(garbage_collection=True)
     kill_point(label)
     return {"forward_batches": batches}
-
-
-def _release_memory() -> None:
-    gc.collect()
-    import torch
-
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
 
 
 def train_command(recipe_file: Path, accelerate_config: str | None) -> list[str]:

@@ -9,7 +9,8 @@ Two schemes (`SCHEMES`):
 - `tournament`: single elimination in an order shuffled per prompt from `seed` (a bye for an odd one out). The
   champion is the best; the worst comes out of a losers' bracket of the first-round losers (the match's loser moves
   on), and the pair is kept only if the champion then beats the worst (as in the authors' script, whose K = 8
-  tournament this is). A tied or failed match sends the sample listed first in the shuffled order through.
+  tournament this is). A tied or failed match counts as a win for the sample listed first in the shuffled order
+  (so in the losers' bracket the other one moves on).
 
 Each unordered pair is judged at most once, the lower sample index as the reference and the higher as the output
 (an LLM judge randomises which it displays first itself). A judge preference above 1.5 is a win for the output,
@@ -40,7 +41,7 @@ class RankedPrompt:
     chosen: int | None = None
     rejected: int | None = None
     wins: list[float] = field(default_factory=list)  # per sample
-    comparisons: int = 0  # comparisons decided (identical texts included)
+    comparisons: int = 0  # comparisons made (identical texts and failed annotations included)
     ties: int = 0
     failed: int = 0
     no_pair: str | None = None  # too_few_samples | indistinguishable | final_tied | final_failed | final_lost

@@ -270,22 +270,30 @@ def trace_fact(model, fact: TracedFact, noise, config: TraceConfig) -> dict:
     return record
 
 
-def _check_settings(output: Path, model_name: str, facts: list[dict], config: TraceConfig) -> None:
-    """A rerun into the same folder resumes only a trace of the same model, facts and the settings that shape the
-    per-fact results (not `batch_size` or `min_effect_share`)."""
+def _settings(model_name: str, facts: list[dict], config: TraceConfig) -> dict:
+    """What the per-fact results depend on: the model, the facts and the settings that shape them (not `batch_size`
+    or `min_effect_share`)."""
     import hashlib
     import json
 
-    from posttrain.io import atomic_write_json, read_json
-
     rows = json.dumps([[fact[key] for key in FACT_COLUMNS] for fact in facts])
     shaping = {key: value for key, value in asdict(config).items() if key not in ("batch_size", "min_effect_share")}
-    settings = {"model": model_name, "facts_sha256": hashlib.sha256(rows.encode()).hexdigest(), **shaping,
-                "kinds": list(config.kinds)}
-    path = output / "settings.json"
-    if path.exists() and read_json(path) != settings:
-        raise UsageError(f"{output} holds a trace with other settings ({path}); pass another --output or delete it")
-    atomic_write_json(path, settings)
+    return {"model": model_name, "facts_sha256": hashlib.sha256(rows.encode()).hexdigest(), **shaping,
+            "kinds": list(config.kinds)}
+
+
+def prepare_trace(tokenizer, facts: list[dict], output_dir, config: TraceConfig, model_name: str) -> list[TracedFact]:
+    """The first `num_facts` facts tokenised, once `output_dir` is known to hold no trace with other settings (a
+    rerun resumes only the same trace). Needs no model and writes nothing, so the CLI calls it before loading one."""
+    from posttrain.io import read_json
+
+    facts = facts[:config.num_facts] if config.num_facts else facts
+    traced = [tokenize_fact(tokenizer, fact, index) for index, fact in enumerate(facts)]
+    path = Path(output_dir) / "settings.json"
+    if path.exists() and read_json(path) != _settings(model_name, facts, config):
+        raise UsageError(f"{output_dir} holds a trace with other settings ({path}); pass another --output or "
+                         "delete it")
+    return traced
 
 
 def run_trace(model, tokenizer, facts: list[dict], output_dir, config: TraceConfig, model_name: str) -> dict:
@@ -293,15 +301,15 @@ def run_trace(model, tokenizer, facts: list[dict], output_dir, config: TraceConf
     from tqdm.auto import tqdm
 
     from posttrain.console import is_silent
-    from posttrain.io import ResumableJsonl
+    from posttrain.io import ResumableJsonl, atomic_write_json
     from posttrain.tracing_report import write_outputs
 
     output = Path(output_dir)
     num_layers = len(decoder_layers(model))  # an unknown family fails here, before the output folder exists
-    facts = facts[:config.num_facts] if config.num_facts else facts
-    traced = [tokenize_fact(tokenizer, fact, index) for index, fact in enumerate(facts)]
+    traced = prepare_trace(tokenizer, facts, output, config, model_name)
+    facts = facts[:len(traced)]
     output.mkdir(parents=True, exist_ok=True)
-    _check_settings(output, model_name, facts, config)
+    atomic_write_json(output / "settings.json", _settings(model_name, facts, config))
     model.eval()
     sigma = embedding_std(model, traced, config.noise_std_source)
     hidden_size = embedding_module(model).weight.shape[1]

@@ -41,7 +41,7 @@ def build_parser() -> OneLineArgumentParser:
 def main(argv: list[str] | None = None) -> None:
     from posttrain.console import quiet_libraries
     from posttrain.models import check_model_path, load_causal_lm, load_tokenizer
-    from posttrain.tracing import load_facts, run_trace
+    from posttrain.tracing import load_facts, prepare_trace, run_trace
     from posttrain.tracing_report import summary_lines
 
     args = build_parser().parse_args(argv)
@@ -53,6 +53,7 @@ def main(argv: list[str] | None = None) -> None:
     with quiet_libraries():
         facts = load_facts(args.facts, args.split, config.num_facts)
         tokenizer = load_tokenizer(args.model, trust_remote_code=args.trust_remote_code)
+        prepare_trace(tokenizer, facts, args.output, config, args.model)  # the facts' mistakes, before the model loads
         model = load_causal_lm(args.model, trust_remote_code=args.trust_remote_code, dtype=args.dtype)
         summary = run_trace(model, tokenizer, facts, args.output, config, args.model)
     print("\n".join(summary_lines(summary)))

@@ -25,7 +25,7 @@ from pathlib import Path
 
 from bench_rpo import build_model  # scripts/ is on sys.path when this file runs as a script
 
-from posttrain.profiling import RESULT_PREFIX, run_workers_interleaved
+from posttrain.profiling import RESULT_PREFIX, report_summary, run_workers_interleaved
 
 CONFIGS = ("layer-frozen", "full")
 FIXTURE = Path(__file__).resolve().parents[1] / "tests" / "fixtures" / "lume"
@@ -42,6 +42,7 @@ def parse_args(argv=None):
     parser.add_argument("--steps", type=int, default=6, help="timed steps")
     parser.add_argument("--repeats", type=int, default=2, help="run every configuration this many times, interleaved")
     parser.add_argument("--cuda", action="store_true", help="train on the GPU in bf16")
+    parser.add_argument("--output", help="also write the summary as JSON here")
     parser.add_argument("--worker", choices=CONFIGS, help=argparse.SUPPRESS)
     parser.add_argument("--workdir", help=argparse.SUPPRESS)
     return parser.parse_args(argv)
@@ -120,7 +121,7 @@ def main(argv=None) -> dict:
                         "trained_layers": args.trained_layers, "batch_rows": args.batch,
                         "max_length": args.max_length, "timed_steps": args.steps, "repeats": args.repeats,
                         "device": "cuda" if args.cuda else "cpu", "memory": results["full"][0]["memory_kind"]}
-    print(json.dumps(summary, indent=2))
+    report_summary(summary, args.output)
     return summary
 
 

@@ -59,8 +59,8 @@ class DPOConfig(trl.DPOConfig):
         if self.logps_chunk_size is not None and self.logps_chunk_size < 0:
             raise ValueError(f"logps_chunk_size must be a positive number of tokens (or 0/null for the plain path), "
                              f"got {self.logps_chunk_size}")
-        if packing_conflict(self):
-            raise ValueError(packing_conflict(self))
+        if switch_conflict(self):
+            raise ValueError(switch_conflict(self))
 
 
 def trl_only_settings(args) -> list[str]:
@@ -73,11 +73,14 @@ def trl_only_settings(args) -> list[str]:
     return found
 
 
-def packing_conflict(args) -> str | None:
-    """Why `args` cannot pack its batches (TRL's own losses expect padded rows), or None."""
-    if args.padding_free and trl_only_settings(args):
-        return (f"padding_free works with the engine's sigmoid loss only, not {', '.join(trl_only_settings(args))}; "
-                f"set padding_free false or drop those settings")
+def switch_conflict(args) -> str | None:
+    """Why `args` cannot use the engine's `padding_free` or `logps_chunk_size` (TRL's own losses run their own
+    forward over padded rows, so the switch would be ignored or wrong), or None."""
+    unsupported = trl_only_settings(args)
+    for switch, off in (("padding_free", "false"), ("logps_chunk_size", "0")):
+        if unsupported and getattr(args, switch, None):
+            return (f"{switch} works with the engine's sigmoid loss only, not {', '.join(unsupported)}; set {switch} "
+                    f"{off} or drop those settings")
     return None
 
 
@@ -86,8 +89,8 @@ def check_engine_settings(args, model, peft_config=None) -> None:
     from posttrain.errors import UsageError
     from posttrain.trainers.chunked_logps import unsupported_logit_transform
 
-    if packing_conflict(args):  # a plain `trl.DPOConfig` has not checked it
-        raise UsageError(packing_conflict(args))
+    if switch_conflict(args):  # a plain `trl.DPOConfig` has not checked it
+        raise UsageError(switch_conflict(args))
     prompt_learning = getattr(peft_config, "is_prompt_learning", False) or \
         getattr(getattr(model, "active_peft_config", None), "is_prompt_learning", False)
     if args.padding_free and prompt_learning:

@@ -70,3 +70,21 @@ def test_a_rerun_with_other_settings_is_refused(tiny_model_dir, tmp_path, capsys
         main([*base, "--noise_factor", "2"])
     assert stop.value.code == 2
     assert "holds a trace with other settings" in capsys.readouterr().err
+
+
+def test_facts_and_output_folder_are_checked_before_the_model_loads(tiny_model_dir, tmp_path, monkeypatch, capsys):
+    import posttrain.models
+
+    monkeypatch.setattr(posttrain.models, "load_causal_lm", lambda *args, **kwargs: pytest.fail("the model loaded"))
+    facts, output = tmp_path / "facts.jsonl", tmp_path / "trace"
+    write_jsonl(facts, [{"subject": "Vorel Tamsin", "prompt": "Vorel lives in", "answer": "Pradu"}])
+    with pytest.raises(SystemExit) as stop:
+        main(["trace", "--model", str(tiny_model_dir), "--facts", str(facts), "--output", str(output)])
+    assert stop.value.code == 2 and "subject 'Vorel Tamsin' does not occur in its prompt" in capsys.readouterr().err
+    output.mkdir()
+    (output / "settings.json").write_text(json.dumps({"model": "another-model"}))
+    with pytest.raises(SystemExit) as stop:
+        main(["trace", "--model", str(tiny_model_dir), "--facts", "pg:facts/all", "--num_facts", "1",
+              "--output", str(output)])
+    assert stop.value.code == 2 and "holds a trace with other settings" in capsys.readouterr().err
+    assert [path.name for path in output.iterdir()] == ["settings.json"]

@@ -8,6 +8,8 @@ import torch
 from posttrain.trainers.chunked_logps import chunked_token_logps
 from posttrain.trainers.logprobs import PAIR, SequenceCollator, sequence_logps
 
+from ..conftest import CPU_SETTINGS
+
 NAMES = [s.name for s in PAIR]
 
 
@@ -94,3 +96,13 @@ def test_model_without_chunk_size_keeps_its_forward(tiny_model_dir):
     with torch.no_grad():
         logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
     assert logits.shape == (*batch["input_ids"].shape, model.config.vocab_size)
+
+
+def test_chunk_size_with_a_trl_only_loss_is_refused(tmp_path):
+    """TRL's own losses run their own forward, which would silently ignore the chunk size."""
+    from posttrain.trainers.dpo import DPOConfig
+
+    with pytest.raises(ValueError, match=r"^logps_chunk_size works with the engine's sigmoid loss only, not "
+                                         r"loss_type \['ipo'\]; set logps_chunk_size 0 or drop those settings$"):
+        DPOConfig(output_dir=str(tmp_path), loss_type=["ipo"], logps_chunk_size=8, **CPU_SETTINGS)
+    DPOConfig(output_dir=str(tmp_path), loss_type=["ipo"], logps_chunk_size=0, **CPU_SETTINGS)  # plain path: fine

@@ -49,6 +49,8 @@ def test_plain_training_ignores_the_loop_keys(loop_recipe):
     ({"sample_temperature": 0.0}, "sample_temperature > 0"),
     ({"accelerate_config": "nowhere.yaml"}, "accelerate_config 'nowhere.yaml' does not exist"),
     ({"method": "sft", "dataset_name": "pg:sort8/sft"}, "not a preference method"),
+    ({"reference_model": "other/model"}, "sets reference_model itself"),
+    ({"precompute_ref_log_probs": False}, r"needs the precomputed cache; set precompute_ref_log_probs true"),
 ])
 def test_loop_mistakes_are_one_line_errors(loop_recipe, keys, expect):
     with pytest.raises(UsageError, match=expect):
