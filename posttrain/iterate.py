@@ -150,14 +150,9 @@ def _then_kill(result, label: str):
 def load_rows(source: str, setting: str, split: str, limit: int, seed: int) -> list[dict]:
     """[{prompt (chat messages), instruction (its last user text), answer?}] of a prompt dataset; a one-line error
     when it has fewer than `limit` rows."""
-    from posttrain.data.loading import check_dataset_path, load_any_dataset
+    from posttrain.data.loading import load_prompt_dataset
 
-    check_dataset_path(source, setting)
-    dataset = load_any_dataset(source, split, num_examples=limit, seed=seed)
-    column = next((c for c in ("prompt", "instruction") if c in dataset.column_names), None)
-    if column is None:
-        raise UsageError(f"{setting} {source!r} needs a 'prompt' or 'instruction' column "
-                         f"(has: {', '.join(dataset.column_names)})")
+    dataset, column = load_prompt_dataset(source, setting, split, limit, seed)
     if len(dataset) < limit:
         fix = "lower eval_num_prompts" if setting.startswith("eval") else \
             "lower prompts_per_iteration or iterations, or set new_prompts_each_iteration false"

@@ -13,7 +13,7 @@ sigma 0.8-1.0. Here answers use median 96 and sigma 0.9 (the same shape scaled d
 sigma 0.86; chosen and rejected lengths are drawn independently, and clipped to [4, 256] (prompt) / [4, 384].
 
 Configurations (per shape): trl (`trl.DPOTrainer`, reference log-probs precomputed in memory), ours (posttrain's
-`DPOTrainer`, plain path), and, where the engine has them, ours-chunked (`logps_chunk_size`), ours-packed
+`DPOTrainer`, plain path), ours-chunked (`logps_chunk_size`), ours-packed
 (`padding_free: true`) and ours-chunked-packed. Reported: median step time, the step's peak tensor memory
 (`cpu_step_peak_mib`: the allocator's high-water mark above the resident weights and optimizer state, recorded by
 torch.profiler on one extra step; max RSS of a fresh process also counts Python, torch and the data, which hides
@@ -29,7 +29,6 @@ neighbours, CPU time what the step cost; both are printed.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import math
 import random
@@ -65,17 +64,8 @@ def parse_args(argv=None):
     return parser.parse_args(argv)
 
 
-def engine_switches() -> dict[str, bool]:
-    """Which of the engine's speed switches this checkout has (padding_free is a no-op while TRL's fallback stands)."""
-    from posttrain.trainers.dpo import DPOConfig
-
-    return {"chunked": "logps_chunk_size" in {f.name for f in dataclasses.fields(DPOConfig)}}
-
-
 def configurations() -> list[str]:
-    chunked = engine_switches()["chunked"]
-    variants = [v for v in VARIANTS if chunked or "chunked" not in v]
-    return [f"{shape}/{variant}" for shape in SHAPES for variant in variants]
+    return [f"{shape}/{variant}" for shape in SHAPES for variant in VARIANTS]
 
 
 def draw_length(rng: random.Random, median: int, sigma: float, low: int, high: int) -> int:
@@ -144,6 +134,7 @@ def worker(args) -> dict:
     import torch
 
     from posttrain.profiling import peak_memory_mib, profiled_step_callback, step_timer
+    from posttrain.trainers.logprobs import token_count
 
     torch.set_num_threads(args.threads)
     trainer = make_trainer(args.worker, Path(args.workdir), args)
@@ -153,7 +144,7 @@ def worker(args) -> dict:
     trainer.train()
     loader = trainer.get_train_dataloader()
     batches = [b for b, _ in zip(loader, range(args.warmup + args.steps))]
-    real = [int(b["attention_mask"].sum()) if "attention_mask" in b else b["input_ids"].numel() for b in batches]
+    real = [int(token_count(b)) for b in batches]
     return {"config": args.worker, "median_step_s": timer.median(args.warmup, args.steps),
             "median_step_cpu_s": timer.median(args.warmup, args.steps, cpu=True),
             "max_rss_mib": round(peak_memory_mib("cpu"), 1), "packed": bool(getattr(trainer, "padding_free", False)),
@@ -215,8 +206,8 @@ def main(argv=None) -> dict:
         results = run_workers_interleaved(__file__, configs, args.repeats, ["--workdir", tmp, *forwarded])
     rows = summarize(results)
     summary = {"rows": rows, "ratios": ratios(rows),
-               "setup": {**{k: getattr(args, k) for k in ("hidden", "layers", "vocab", "batch", "warmup", "steps",
-                                                          "repeats", "chunk", "threads")}, **engine_switches()}}
+               "setup": {k: getattr(args, k) for k in ("hidden", "layers", "vocab", "batch", "warmup", "steps",
+                                                       "repeats", "chunk", "threads")}}
     report_summary(summary, args.output)
     return summary
 

@@ -147,13 +147,14 @@ def validate_columns(dataset, kind: str, name: str = "dataset") -> None:
                      f"(has: {', '.join(sorted(columns))})")
 
 
-def load_prompt_dataset(source: str, setting: str, split: str | None = None, limit: int | None = None):
+def load_prompt_dataset(source: str, setting: str, split: str | None = None, limit: int | None = None,
+                        seed: int = 0):
     """(dataset, column) for a file, `pg:` spec or hub id of prompts named by the option `setting` (e.g.
     `--prompts`): its `prompt` column, else its `instruction` column. The split defaults to `test` for `pg:` specs
-    (held-out prompts) and `train` otherwise."""
+    (held-out prompts) and `train` otherwise; `seed` is a `pg:` generator's seed."""
     check_dataset_path(source, setting)
     dataset = load_any_dataset(source, split or ("test" if source.startswith("pg:") else "train"),
-                               num_examples=limit)
+                               num_examples=limit, seed=seed)
     columns = set(dataset.column_names)
     column = "prompt" if "prompt" in columns else "instruction" if "instruction" in columns else None
     if column is None:
