@@ -41,6 +41,7 @@ ARMS: dict[str, dict] = {"traced": {"unlearn_loss": "joint", "unlearn_layers": "
 class UnlearnDemoSettings:
     """Sizes of the demo; None keeps the recipe's value."""
 
+    facts_model: str | None = None  # a facts model trained already (by the facts recipe): skips stage facts-sft
     sft_epochs: int | None = None
     trace_facts: int = 60  # forget facts traced (all 60 by default)
     trace_window: int = 2  # MLP/attention restoration window: ROME's 10 would span all 8 layers
@@ -76,13 +77,14 @@ class UnlearnStages:
 
     @property
     def model(self) -> str:
-        return str(self.pipe.path("facts-sft"))
+        return self.settings.facts_model or str(self.pipe.path("facts-sft"))
 
     def prepare(self) -> dict:
-        """Stages facts-sft, data and trace; returns the trace's summary."""
-        tiny = self.pipe.root / "tiny-llama8"  # built by the facts recipe when missing
-        train_stage(self.pipe, "facts-sft", FACTS_RECIPE, model_name_or_path=str(tiny),
-                    **_given(num_train_epochs=self.settings.sft_epochs))
+        """Stages facts-sft (unless a facts model is given), data and trace; returns the trace's summary."""
+        if self.settings.facts_model is None:
+            tiny = self.pipe.root / "tiny-llama8"  # built by the facts recipe when missing
+            train_stage(self.pipe, "facts-sft", FACTS_RECIPE, model_name_or_path=str(tiny),
+                        **_given(num_train_epochs=self.settings.sft_epochs))
         run_stage(self.pipe, "data", self._write_data)
         return run_stage(self.pipe, "trace", self._trace)
 
