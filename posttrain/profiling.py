@@ -211,3 +211,18 @@ def report_summary(summary: dict, output: str | None) -> None:
     print(text)
     if output:
         atomic_write_text(Path(output), text + "\n")
+
+
+def timed_train(trainer, cuda: bool, warmup: int) -> dict:
+    """Run `trainer.train()` once: the median step time after `warmup` steps and the peak memory (CUDA max allocated,
+    else the process's max RSS)."""
+    if cuda:
+        import torch
+
+        torch.cuda.reset_peak_memory_stats()
+    timer = step_timer()
+    trainer.add_callback(timer)
+    trainer.train()
+    peak = peak_memory_mib("cuda" if cuda else "cpu")
+    return {"median_step_s": timer.median(warmup), "peak_memory_mib": round(peak, 1),
+            "memory_kind": "cuda max allocated" if cuda else "max RSS"}

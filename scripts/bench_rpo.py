@@ -61,12 +61,11 @@ def build_model(workdir: Path, hidden: int, layers: int) -> Path:
 
 
 def worker(args) -> dict:
-    import torch
     import trl
 
     from posttrain.data import load_any_dataset
     from posttrain.models import load_causal_lm, load_tokenizer
-    from posttrain.profiling import peak_memory_mib, step_timer
+    from posttrain.profiling import timed_train
     from posttrain.trainers.rpo import RPOConfig, RPOTrainer
 
     workdir = Path(args.workdir)
@@ -89,14 +88,8 @@ def worker(args) -> dict:
     data = load_any_dataset("pg:sort8/preference", "train", num_examples=args.batch * (args.warmup + args.steps))
     trainer = trainer_class(model=load_causal_lm(model_path), args=config, train_dataset=data,
                             processing_class=load_tokenizer(model_path))
-    if args.cuda:
-        torch.cuda.reset_peak_memory_stats()
-    timer = step_timer()
-    trainer.add_callback(timer)
-    trainer.train()
-    peak = peak_memory_mib("cuda" if args.cuda else "cpu")
-    return {"config": args.worker, "median_step_s": timer.median(args.warmup), "steps": args.steps,
-            "peak_memory_mib": round(peak, 1), "memory_kind": "cuda max allocated" if args.cuda else "max RSS",
+    timing = timed_train(trainer, args.cuda, args.warmup)
+    return {"config": args.worker, **timing, "steps": args.steps,
             "reference_model_loaded": trainer.ref_model is not None,
             "parameters": sum(p.numel() for p in trainer.model.parameters())}
 

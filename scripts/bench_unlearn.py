@@ -58,12 +58,11 @@ def optimizer_state_mib(optimizer) -> float:
 
 
 def worker(args) -> dict:
-    import torch
     from datasets import concatenate_datasets
 
     from posttrain.data import load_any_dataset
     from posttrain.models import load_causal_lm, load_tokenizer
-    from posttrain.profiling import peak_memory_mib, step_timer
+    from posttrain.profiling import timed_train
     from posttrain.trainers.unlearn import UnlearnConfig, UnlearnTrainer
 
     workdir = Path(args.workdir)
@@ -78,16 +77,10 @@ def worker(args) -> dict:
     data = concatenate_datasets([load_any_dataset(str(FIXTURE / f"{split}.jsonl")) for split in ("forget", "retain")])
     trainer = UnlearnTrainer(model=load_causal_lm(model_path), args=config, train_dataset=data,
                              processing_class=load_tokenizer(model_path))
-    if args.cuda:
-        torch.cuda.reset_peak_memory_stats()
-    timer = step_timer()
-    trainer.add_callback(timer)
-    trainer.train()
-    peak = peak_memory_mib("cuda" if args.cuda else "cpu")
+    timing = timed_train(trainer, args.cuda, args.warmup)
     model = trainer.model
-    return {"config": args.worker, "median_step_s": timer.median(args.warmup), "steps": args.steps,
+    return {"config": args.worker, **timing, "steps": args.steps,
             "optimizer_state_mib": round(optimizer_state_mib(trainer.optimizer), 2),
-            "peak_memory_mib": round(peak, 1), "memory_kind": "cuda max allocated" if args.cuda else "max RSS",
             "trained_parameters": sum(p.numel() for p in model.parameters() if p.requires_grad),
             "parameters": sum(p.numel() for p in model.parameters())}
 
