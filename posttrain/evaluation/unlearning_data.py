@@ -104,15 +104,22 @@ def _join(first: str, second: str) -> str:
     return f"{first.rstrip()} {second.lstrip()}"
 
 
+def _text_join(first, second) -> str | None:
+    """The two joined as `_join` does, or None (refused below) unless both are text."""
+    return _join(first, second) if isinstance(first, str) and isinstance(second, str) else None
+
+
 def read_documents(path: str, flag: str) -> list[str]:
     records = _records(path, flag)
     columns = set(records[0])
     if "document" in columns:
         documents = [r["document"] for r in records]
     elif not _missing(columns, ("input", "output")):
-        documents = [_join(r["input"], r["output"]) for r in records]
+        documents = [_text_join(r["input"], r["output"]) for r in records]
+    elif not _missing(columns, ("prompt", "completion")):  # e.g. pg:facts/holdout, joined as the forget rows are
+        documents = [_text_join(r["prompt"], r["completion"]) for r in records]
     else:
-        raise UsageError(f"{flag} {path!r} needs a document column (or input and output) "
+        raise UsageError(f"{flag} {path!r} needs a document column (or input and output, or prompt and completion) "
                          f"(has: {', '.join(sorted(columns))})")
     if not all(isinstance(d, str) and d.strip() for d in documents):
         raise UsageError(f"{flag} {path!r}: every document must be non-empty text")

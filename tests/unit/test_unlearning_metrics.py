@@ -99,3 +99,10 @@ def test_a_row_id_without_kind_is_refused(tmp_path):
     path.write_text('{"id": "doc1", "input": "a", "output": "b", "task": "Task1"}\n')
     with pytest.raises(UsageError, match="does not end in sc<digit>"):
         load_rows(str(path), "forget")
+
+
+def test_prompt_completion_rows_are_mia_documents_joined_like_the_forget_rows():
+    from posttrain.evaluation.unlearning_data import read_documents
+
+    documents = read_documents("pg:facts/holdout", "--mia_nonmembers")
+    assert len(documents) == 60 and documents[0].endswith(".") and "  " not in documents[0]
