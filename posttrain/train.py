@@ -294,4 +294,17 @@ def main(argv: list[str]) -> Path | None:
     if wants_help(argv):
         print(train_help(argv))
         return None
-    return train(parse_recipe(argv))
+    run_dir = train(parse_recipe(argv))
+    _end_process_group()
+    return run_dir
+
+
+def _end_process_group() -> None:
+    """Tear the launched ranks' process group down before the interpreter exits: left to the destructors, a gloo
+    worker thread still joinable at exit aborts a rank now and then (`terminate called without an active exception`,
+    exit -6) after the run has finished and saved."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
