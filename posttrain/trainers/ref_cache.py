@@ -292,4 +292,13 @@ class SequenceLogpsCacheMixin:
             for name, values in zip(names, self.accelerator.gather_for_metrics([logps[n] for n in names])):
                 parts[name].append(values.float().cpu())
             self.reference_forward_batches += 1
+        self._release_precompute_engine()
         return {name: torch.cat(values) for name, values in parts.items()}
+
+    def _release_precompute_engine(self) -> None:
+        """Remove the scoring engine's ZeRO-3 hooks from the shared module once its pass is done. Left in place, they
+        fire beside the training engine's own; when the pass was a single forward, their half-recorded parameter
+        trace fails the first training step (`IndexError: pop from an empty deque`)."""
+        if getattr(self, "_precompute_engine", None) is not None:
+            self._precompute_engine.destroy()
+            self._precompute_engine = None

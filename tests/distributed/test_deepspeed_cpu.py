@@ -148,3 +148,12 @@ def test_rpo_zero3_trains_and_reuses_the_reference_cache(tiny_model, tmp_path):
     assert "loaded from cache" in second.stdout and "computed and cached" not in second.stdout
     assert {"loss/dpo", "loss/sft"} <= set(_metrics(tmp_path / "rpo2")[0])
     _assert_step1_loss_matches_single_process("rpo", tiny_model, tmp_path / "rpo1", tmp_path)
+
+
+def test_dpo_zero3_trains_after_a_single_reference_batch_per_rank(tiny_model, tmp_path):
+    """16 examples over 2 ranks of 8: the reference precompute is one forward per rank. Its scoring engine's ZeRO-3
+    hooks must be gone before training (left behind, they failed step 1 with `pop from an empty deque`)."""
+    run_dir = tmp_path / "dpo16"
+    _launch("dpo", tiny_model, run_dir, "--eval_task", "", "--dataset_num_examples", "16")
+    _check_run_dir(run_dir, tiny_model)
+    assert _step_loss(run_dir, 1) == pytest.approx(math.log(2), abs=1e-4)  # policy = reference at step 1
