@@ -208,12 +208,21 @@ def check_loop(recipe: Recipe) -> None:
 
 
 def _check_prompts(loop: Loop) -> None:
-    """Every iteration's prompts and the eval prompts exist; a rule judge has gold answers to score against."""
-    rows = loop.prompt_rows(loop.loop.iterations - 1)
+    """Every iteration's prompts and the eval prompts exist; a rule judge has gold answers to score against; an LLM
+    judge's prompt, with two outputs of sample_max_new_tokens each, fits its model's context."""
+    from posttrain.generation import ModelPool
+    from posttrain.judges import LLMJudge
+
+    rows = [row for t in reversed(range(loop.loop.iterations)) for row in loop.prompt_rows(t)]  # the last: all rows
     for spec, prompts in ((loop.loop.judge, rows), (loop.loop.eval_judge or loop.loop.judge, loop.eval_rows())):
         if spec.startswith("rule") and any("answer" not in row for row in prompts):
             raise UsageError(f"judge {spec!r} scores against gold answers, but the prompts have no 'answer' column; "
                              f"use prompts with answers (e.g. pg:<task>/sft) or an llm: or reward: judge")
+        if spec.startswith("llm"):
+            judge = make_judge(spec, ModelPool("transformers"), loop.loop)
+            if isinstance(judge, LLMJudge):
+                judge.check_fits([judge.prompt(row["instruction"], "", "") for row in prompts],
+                                 2 * loop.loop.sample_max_new_tokens, "lower sample_max_new_tokens, ")
 
 
 def _check_reference(recipe: Recipe) -> None:

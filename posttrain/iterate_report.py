@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from posttrain.generation.loading import resolve_backend
 from posttrain.io import atomic_write_json, atomic_write_text
 from posttrain.pipeline import completed
 
@@ -107,7 +108,7 @@ def _markdown(loop, report: dict, figures: list[str]) -> str:
     lines += [f"| {p} | {s} |" for p, s in time["phase_seconds"].items()]
     lines += [f"| pi_0 eval | {time['pi0_eval_seconds']} |", "",
               f"Generating took {time['generation_seconds']} s of {time['total_seconds']} s "
-              f"({_cell(time['generation_share'], '.1%')}; backend {loop.loop.generation_backend})."]
+              f"({_cell(time['generation_share'], '.1%')}; backend {resolve_backend(loop.loop.generation_backend)})."]
     lines += ["", *(f"![{f}]({f})" for f in figures)]
     return "\n".join(lines) + "\n"
 

@@ -171,6 +171,23 @@ class LLMJudge(_Judge):
                                    second_label=b)
         return [{"role": "user", "content": text}]
 
+    def check_fits(self, prompts: list[list[dict]], to_generate: int, fix: str) -> None:
+        """A one-line UsageError unless the longest of `prompts`, plus `to_generate` output tokens not yet in them,
+        plus the one answer token, fits the judge model's context. Reads only the model's config and tokenizer (no
+        weights); a judge whose context cannot be read (a server) is not checked."""
+        from posttrain.generation.context import context_window, longest_prompt_tokens
+        from posttrain.models import load_tokenizer
+
+        source = getattr(self.generator, "source", None)
+        context = context_window(source) if source else None
+        if context is None:
+            return
+        longest = longest_prompt_tokens(load_tokenizer(source), prompts) + to_generate + 1
+        if longest > context:
+            raise UsageError(f"the LLM judge's prompt can reach {longest} tokens ({longest} > {context}), more than "
+                             f"the {context}-position context of judge model {source}; {fix}use a judge model with "
+                             f"a longer context or shorter instructions and outputs")
+
     def annotate(self, instructions, references, outputs, answers=None) -> list[Annotation]:
         from posttrain.generation import SamplingParams
 

@@ -197,24 +197,15 @@ def check_gold_answers(judge, rows: list[dict], spec: str) -> None:
 
 
 def check_judge_fits(judge, rows: list[dict], model: Outputs, reference: Outputs) -> None:
-    """An LLM judge's longest prompt, each output still to generate counted at its max_new_tokens, plus its one answer
-    token, must fit the judge model's context. Checked before anything is generated or judged."""
-    from posttrain.generation.context import context_window, longest_prompt_tokens
+    """An LLM judge's longest prompt, each output still to generate counted at its max_new_tokens, must fit the
+    judge model's context. Checked before anything is generated or judged."""
     from posttrain.judges import LLMJudge
-    from posttrain.models import load_tokenizer
 
-    source = getattr(judge.generator, "source", None) if isinstance(judge, LLMJudge) else None
-    context = context_window(source) if source else None
-    if context is None:
+    if not isinstance(judge, LLMJudge):
         return
     prompts = [judge.prompt(r["instruction"], reference.text(k), model.text(k)) for k, r in enumerate(rows)]
     to_generate = model.max_new_tokens + reference.max_new_tokens
-    longest = longest_prompt_tokens(load_tokenizer(source), prompts) + to_generate + 1
-    if longest > context:
-        fix = "lower --max_new_tokens, " if to_generate else ""
-        raise UsageError(f"the LLM judge's prompt can reach {longest} tokens ({longest} > {context}), more than the "
-                         f"{context}-position context of judge model {source}; {fix}use a judge model with a longer "
-                         "context or shorter instructions and outputs")
+    judge.check_fits(prompts, to_generate, "lower --max_new_tokens, " if to_generate else "")
 
 
 def judge_from_spec(spec: str, args, pool):
