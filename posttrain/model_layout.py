@@ -2,7 +2,8 @@
 
 Causal tracing hooks these modules and layer-frozen unlearning trains only the MLP weights of chosen layers; both
 find them through one table keyed by `config.model_type`, not per-family code. Most decoder-only families (Llama,
-Qwen2/3, Mistral, OLMo, OLMo2, Gemma) share one layout; GPT-2 and GPT-NeoX (Pythia) name theirs differently.
+Qwen2/3, Mistral, OLMo, OLMo2, Gemma, and the MoE families Mixtral, Qwen-MoE, OLMoE) share one layout; GPT-2 and
+GPT-NeoX (Pythia) name theirs differently.
 """
 
 from __future__ import annotations
@@ -26,6 +27,8 @@ class Layout:
 _DECODER = Layout("model.embed_tokens", "model.layers", "mlp", "self_attn")
 LAYOUTS: dict[str, Layout] = {
     **dict.fromkeys(("llama", "qwen2", "qwen3", "mistral", "olmo", "olmo2", "gemma", "gemma2"), _DECODER),
+    # Mixture-of-Experts families: a layer's `mlp` is its sparse block (router and experts), still one tensor out.
+    **dict.fromkeys(("mixtral", "qwen2_moe", "qwen3_moe", "olmoe"), _DECODER),
     "gpt2": Layout("transformer.wte", "transformer.h", "mlp", "attn"),
     "gpt_neox": Layout("gpt_neox.embed_in", "gpt_neox.layers", "mlp", "attention"),
 }

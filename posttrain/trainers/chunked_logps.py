@@ -7,7 +7,8 @@ of up to 4096 tokens by 32768 vocabulary columns, so one forward still holds sev
 `add_chunked_lm_head` wraps that head: called with `logps_chunk_size=k`, the model runs its backbone, keeps the
 hidden states of the labelled positions (the completion tokens) and hands them to TRL's `ChunkedLogProbFunction`
 `k` tokens at a time. Each chunk's logits are recomputed in backward, so the peak is one `[k x vocabulary]` tile
-whatever the batch, and the log-probs and gradients are those of the plain path (exact in fp32).
+whatever the batch, and the log-probs and gradients are those of the plain path (exact in fp32). A MoE model's
+router load-balancing loss comes back as `aux_loss`, as from TRL's fused head.
 """
 
 from __future__ import annotations
@@ -65,17 +66,35 @@ def _chunked_forward(model, chunk_size: int, *args, labels=None, **kwargs):
 
     kwargs.pop("fused_lm_head", None)
     kwargs["use_cache"] = False
-    hidden = model.base_model(*args, **kwargs).last_hidden_state[:, :-1]
+    text_config = model.config.get_text_config()
+    if getattr(text_config, "output_router_logits", False):  # as TRL's fused head and the model's own forward do
+        kwargs.setdefault("output_router_logits", True)
+    backbone = model.base_model(*args, **kwargs)
+    hidden = backbone.last_hidden_state[:, :-1]
     head = model.get_output_embeddings()
     labels = labels[:, 1:].to(head.weight.device)
     mask = labels != -100
-    softcap = getattr(model.config.get_text_config(), "final_logit_softcapping", None)
+    softcap = getattr(text_config, "final_logit_softcapping", None)
     fields = chunked_token_logps(hidden.to(head.weight.device)[mask], head.weight, head.bias, labels[mask],
                                  chunk_size, softcap)
     # masked_scatter keeps an all-prompt batch connected to the graph (a differentiable zero)
     log_probs, entropy, is_top1 = (x.new_zeros(mask.shape).masked_scatter(mask, x) for x in fields)
-    return FusedCausalLMOutput(loss=-log_probs.sum() / mask.sum().clamp(min=1), log_probs=log_probs,
-                               entropy=entropy, is_top1=is_top1, label_mask=mask)
+    loss = -log_probs.sum() / mask.sum().clamp(min=1)
+    aux_loss = None
+    if kwargs.get("output_router_logits"):
+        aux_loss = router_aux_loss(text_config, backbone.router_logits, kwargs.get("attention_mask"))
+        loss = loss + getattr(text_config, "router_aux_loss_coef", 0.0) * aux_loss
+    return FusedCausalLMOutput(loss=loss, log_probs=log_probs, entropy=entropy, is_top1=is_top1, label_mask=mask,
+                               aux_loss=aux_loss)
+
+
+def router_aux_loss(text_config, router_logits, attention_mask) -> torch.Tensor:
+    """A MoE model's load-balancing loss, by the transformers function TRL's fused head calls (Mixtral's, which the
+    MoE families share), so the chunked and plain paths give the same value."""
+    from transformers.models.mixtral.modeling_mixtral import load_balancing_loss_func
+
+    return load_balancing_loss_func(router_logits, text_config.num_experts, text_config.num_experts_per_tok,
+                                    attention_mask)
 
 
 def add_chunked_lm_head(model) -> None:

@@ -4,8 +4,10 @@
 checkpointing, and owns three things: the batch layout (`SequenceCollator` over `self.sequences`), the forward
 (`sequence_logps`: one pass over every named sequence) and the loss (`preference_loss`, from `posttrain.losses`).
 A subclass changes `sequences` and `preference_loss`; the reference log-probs of every sequence come from the N-way
-cache (`SequenceLogpsCacheMixin`). TRL's other DPO variants (`loss_type` other than `sigmoid`, `ld_alpha`,
-f-divergences, WPO weighting, MoE auxiliary loss) run TRL's own forward and loss on the same batches.
+cache (`SequenceLogpsCacheMixin`). A Mixture-of-Experts policy's router load-balancing loss is added as TRL adds it
+(`router_aux_loss_coef` times `aux_loss`, logged as `aux_loss`; docs/methods.md §9), on the plain, chunked and packed
+paths. TRL's other DPO variants (`loss_type` other than `sigmoid`, `ld_alpha`, f-divergences, WPO weighting) run
+TRL's own forward and loss on the same batches.
 """
 
 from __future__ import annotations
@@ -197,9 +199,12 @@ class DPOTrainer(SequenceLogpsCacheMixin, trl.DPOTrainer):
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         if not self.engine_loss:
             return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
-        policy = sequence_logps(model, inputs, self.sequence_names, self.logps_chunk_size)
+        policy = sequence_logps(model, inputs, self.sequence_names, self.logps_chunk_size, self.aux_loss_enabled)
         reference = self.reference_logps(inputs)
         loss, parts = self.preference_loss(policy, reference)
+        if self.aux_loss_enabled:  # TRL's condition and weight: the policy's MoE load-balancing loss, never the ref's
+            parts = {**parts, "aux_loss": policy.outputs.aux_loss}
+            loss = loss + self.router_aux_loss_coef * policy.outputs.aux_loss
         self._log_engine_metrics(inputs, policy, reference, parts)
         if return_outputs:  # logits for `compute_metrics` (deprecated in TRL): one plain forward
             with torch.no_grad():

@@ -157,12 +157,14 @@ def _unpacked_outputs(outputs, lengths: torch.Tensor):
     return type(outputs)(**{**dict(outputs), **fields})
 
 
-def sequence_logps(model, batch: dict, names, chunk_size: int | None = None) -> SequenceLogps:
+def sequence_logps(model, batch: dict, names, chunk_size: int | None = None,
+                   router_logits: bool = False) -> SequenceLogps:
     """One forward of `model` (patched by TRL's `add_fused_lm_head`) over the N*B rows of a `SequenceCollator` batch.
 
     Log-probs are for the next-token positions, so they and the masks have length L-1; a token's log-prob is zero
     where it is not a completion token, hence `logps` is the plain sum. `chunk_size` scores the completion tokens
-    that many at a time (`chunked_logps`); a packed batch comes back in the padded layout.
+    that many at a time (`chunked_logps`); a packed batch comes back in the padded layout. `router_logits` asks a
+    MoE model for its router logits, so `outputs.aux_loss` holds its load-balancing loss (docs/methods.md §9).
     """
     completion_mask = batch["completion_mask"]
     labels = batch["input_ids"].masked_fill(completion_mask == 0, -100)
@@ -172,6 +174,10 @@ def sequence_logps(model, batch: dict, names, chunk_size: int | None = None) -> 
 
         add_chunked_lm_head(model)
         head = {"logps_chunk_size": chunk_size}
+    if router_logits:
+        # A packed row has no attention mask, so the load-balancing loss averages over every token of the row: the
+        # real tokens the padded batch's mask keeps (equal values), plus the pad-only tail `pad_to_multiple_of` adds.
+        head["output_router_logits"] = True
     outputs = model(**model_inputs(batch), labels=labels, use_cache=False, **head)
     mask = completion_mask[:, 1:]
     # Prompt-learning PEFT prepends virtual tokens to the outputs: keep the positions of the real tokens.

@@ -240,10 +240,11 @@ def freeze_for_unlearning(model, layers: list[int] | None) -> list[str]:
 
 
 class RetainBaseline(TrainerCallback, ExportableState):
-    """The retain CE summed over the baseline epochs' batches, saved in checkpoints (trainer_state.json)."""
+    """The retain CE summed over the baseline epochs' batches, and the last alpha (a batch without retain rows
+    keeps it), saved in checkpoints (trainer_state.json) so a resumed run goes on with both."""
 
-    def __init__(self, total: float = 0.0, batches: int = 0, examples: int = 0):
-        self.total, self.batches, self.examples = total, batches, examples
+    def __init__(self, total: float = 0.0, batches: int = 0, examples: int = 0, alpha: float = 1.2):
+        self.total, self.batches, self.examples, self.alpha = total, batches, examples, alpha
 
     def add(self, ce_retain: float, examples: int) -> None:
         self.total += ce_retain
@@ -255,7 +256,8 @@ class RetainBaseline(TrainerCallback, ExportableState):
         return self.total / count if count else None
 
     def state(self) -> dict:
-        return {"args": {}, "attributes": {"total": self.total, "batches": self.batches, "examples": self.examples}}
+        return {"args": {}, "attributes": {"total": self.total, "batches": self.batches, "examples": self.examples,
+                                           "alpha": self.alpha}}
 
 
 COMPLETION = (Sequence("completion", "input_ids", "labels"),)  # NPO's scored sequence (labels mask the prompt)
@@ -286,9 +288,8 @@ class UnlearnTrainer(SequenceLogpsCacheMixin, trl.SFTTrainer):
         layers = resolve_layers(args.unlearn_layers, args.trace_file, len(decoder_layers(self.model)))
         self.unlearn_layers = layers
         self.trained_parameters = freeze_for_unlearning(self.model, layers)
-        self.baseline = RetainBaseline()
+        self.baseline = RetainBaseline(alpha=args.warmup_alpha)
         self.add_callback(self.baseline)
-        self.alpha = args.warmup_alpha
         if args.unlearn_loss == "npo":
             self.train_dataset = self.add_logps_columns(self.train_dataset, "ref", split="train")
             if self.eval_dataset is not None:
@@ -306,9 +307,11 @@ class UnlearnTrainer(SequenceLogpsCacheMixin, trl.SFTTrainer):
         for key, value in (saved.get("attributes") or {}).items():
             setattr(self.baseline, key, value)
 
-    def _forward(self, model, inputs: dict):
+    def _forward(self, model, inputs: dict, router_logits: bool = False):
+        """The fused-head forward; `router_logits` (the policy's, as TRL's SFT) makes a MoE model return aux_loss."""
         batch = {k: v for k, v in inputs.items() if k != "forget" and not k.endswith("_logps")}
-        return model(**batch, fused_lm_head=True, use_cache=False)
+        extra = {"output_router_logits": True} if router_logits else {}
+        return model(**batch, fused_lm_head=True, use_cache=False, **extra)
 
     def frozen_logps(self, model, batch: dict, peft_model=None) -> dict[str, torch.Tensor]:
         """Summed output-token log-probs without gradient (the adapter off under LoRA): NPO's reference."""
@@ -332,7 +335,7 @@ class UnlearnTrainer(SequenceLogpsCacheMixin, trl.SFTTrainer):
         """(alpha, dL) for this training batch; during the baseline epochs it also adds to the baseline."""
         args = self.args
         if retain_rows == 0:
-            return self.alpha, None
+            return self.baseline.alpha, None
         if self.state.epoch < args.baseline_epochs:
             self.baseline.add(ce_retain, retain_rows)
             return args.warmup_alpha, None
@@ -343,7 +346,7 @@ class UnlearnTrainer(SequenceLogpsCacheMixin, trl.SFTTrainer):
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         args, mode = self.args, "train" if self.model.training else "eval"
-        outputs = self._forward(model, inputs)
+        outputs = self._forward(model, inputs, router_logits=self.aux_loss_enabled)
         token_logps, forget = outputs.log_probs, inputs["forget"]
         mask = outputs.label_mask.to(token_logps.dtype)
         stats = self._global_stats(token_logps, mask, forget)
@@ -356,8 +359,8 @@ class UnlearnTrainer(SequenceLogpsCacheMixin, trl.SFTTrainer):
         delta = None
         if args.unlearn_loss == "joint":
             if mode == "train":
-                self.alpha, delta = self._alpha_for(ce_r_value, int(stats["retain_rows"].item()))
-            loss = unlearn_joint_loss(ce_forget, ce_retain, self.alpha)
+                self.baseline.alpha, delta = self._alpha_for(ce_r_value, int(stats["retain_rows"].item()))
+            loss = unlearn_joint_loss(ce_forget, ce_retain, self.baseline.alpha)
         elif args.unlearn_loss == "ga":
             loss = -ce_forget
         elif args.unlearn_loss == "gd":
@@ -368,6 +371,9 @@ class UnlearnTrainer(SequenceLogpsCacheMixin, trl.SFTTrainer):
                            args.npo_beta, stats["forget_rows"] / processes)
             loss = npo + args.retain_weight * ce_retain
             self._metrics[mode]["unlearn/npo"].append(self.accelerator.reduce(npo.detach(), "mean").item())
+        if self.aux_loss_enabled:  # a MoE model's router load-balancing loss, added as TRL's SFTTrainer adds it
+            loss = loss + self.router_aux_loss_coef * outputs.aux_loss
+            self._metrics[mode]["aux_loss"].append(self.accelerator.reduce(outputs.aux_loss.detach(), "mean").item())
         self._log_unlearning(mode, inputs, ce_f_value, ce_r_value, delta)
         if return_outputs:  # logits for `compute_metrics`: one plain forward
             with torch.no_grad():
@@ -381,7 +387,7 @@ class UnlearnTrainer(SequenceLogpsCacheMixin, trl.SFTTrainer):
         metrics["unlearn/ce_forget"].append(ce_forget)
         metrics["unlearn/ce_retain"].append(ce_retain)
         if self.args.unlearn_loss == "joint":
-            metrics["unlearn/alpha"].append(self.alpha)
+            metrics["unlearn/alpha"].append(self.baseline.alpha)
             if delta is not None:
                 metrics["unlearn/delta_retain"].append(delta)
         if mode == "train":

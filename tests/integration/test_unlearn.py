@@ -78,6 +78,7 @@ def test_joint_run_logs_its_parts_keeps_the_best_checkpoint_and_resumes_the_base
     state = json.loads((run_dir / "checkpoint-2" / "trainer_state.json").read_text())
     assert state["best_model_checkpoint"].endswith(f"checkpoint-{state['best_global_step']}")
     assert state["stateful_callbacks"]["RetainBaseline"]["attributes"]["batches"] == 2
+    assert state["stateful_callbacks"]["RetainBaseline"]["attributes"]["alpha"] == steps[-1]["unlearn/alpha"]
 
     train(_recipe(write_recipe, tiny_model_dir, tmp_path / "run", **{**settings, "max_steps": 3}))
     resumed = json.loads((run_dir / "checkpoint-3" / "trainer_state.json").read_text())
