@@ -57,10 +57,12 @@ def _eval_task(args) -> None:
     import json
 
     from posttrain.console import quiet_libraries
+    from posttrain.data.tasks import get_eval_task
     from posttrain.evaluation.proving_ground import evaluate_task
     from posttrain.generation import TransformersGenerator
     from posttrain.models import load_causal_lm, load_tokenizer
 
+    get_eval_task(args.task)  # before any model loads
     with quiet_libraries():
         tokenizer = load_tokenizer(args.model)
         baseline = TransformersGenerator(load_causal_lm(args.baseline), tokenizer) if args.baseline else None

@@ -312,13 +312,15 @@ def parse_recipe(argv: list[str]) -> Recipe:
 
 def _settle_eval_task(run: RunArguments) -> None:
     """`none`, `null` or '' turn the post-training eval off; any other name must be a proving-ground task."""
-    from posttrain.data.tasks import TASKS
+    from posttrain.data.tasks import TASKS, get_eval_task
 
     if run.eval_task is None or run.eval_task.strip().lower() in EVAL_OFF:
         run.eval_task = None
     elif run.eval_task not in TASKS:
         raise UsageError(f"unknown eval_task {run.eval_task!r}{closest(run.eval_task, TASKS)} (tasks: "
                          f"{', '.join(TASKS)}; none turns the post-training eval off)")
+    else:
+        get_eval_task(run.eval_task, "eval_task")
 
 
 def _settle_lora_targets(model) -> None:

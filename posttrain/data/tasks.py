@@ -174,6 +174,19 @@ def get_task(name: str) -> SortTask | FactsTask:
     return TASKS[name]
 
 
+def get_eval_task(name: str, setting: str = "task") -> SortTask:
+    """A task with a greedy-decoding benchmark (the sort tasks); a one-line error for any other name. `setting`
+    names what the user set (e.g. eval_task)."""
+    from posttrain.errors import UsageError
+
+    task = get_task(name)
+    if not isinstance(task, SortTask):
+        sort_tasks = ", ".join(n for n, t in TASKS.items() if isinstance(t, SortTask))
+        raise UsageError(f"{setting} {name!r} has no greedy-decoding benchmark (choose one of {sort_tasks}); score "
+                         f"unlearning on the facts task with posttrain eval unlearning")
+    return task
+
+
 def tokenizer_corpus(seed: int = 0) -> list[str]:
     """Text covering every task's alphabet, for training the tiny tokenizer."""
     corpus = []

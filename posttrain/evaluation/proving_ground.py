@@ -10,7 +10,7 @@ import time
 
 from posttrain.console import is_silent
 from posttrain.data.proving_ground import proving_ground_rows
-from posttrain.data.tasks import SortTask, get_task
+from posttrain.data.tasks import get_eval_task
 from posttrain.evaluation.winrate import winrate_metrics
 from posttrain.generation import Generator, SamplingParams
 from posttrain.judges import RuleJudge
@@ -24,9 +24,7 @@ def greedy_outputs(generator: Generator, prompts, max_new_tokens: int) -> list[s
 def evaluate_task(generator: Generator, task_name: str, num_examples: int = 200, seed: int = 0,
                   baseline: Generator | None = None) -> dict:
     """Accuracy on the task's test split; with `baseline`, the rule-judge win rate of `generator` over it."""
-    task = get_task(task_name)
-    if not isinstance(task, SortTask):
-        raise ValueError(f"task {task_name!r} has no generation benchmark; use a sort task")
+    task = get_eval_task(task_name)
     rows = proving_ground_rows(f"{task_name}/sft", split="test", n=num_examples, seed=seed)
     prompts, answers = [r["prompt"] for r in rows], [r["answer"] for r in rows]
     max_new = task.num_digits + 4
