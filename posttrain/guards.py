@@ -1,4 +1,5 @@
-"""Stopping training cleanly: on SIGINT/SIGTERM (checkpoint, one line, exit 130/143) and on a non-finite gradient.
+"""Stopping training cleanly: on SIGINT/SIGTERM (checkpoint, one line, exit 130/143) and on a non-finite gradient;
+and not outliving `posttrain iterate` (`die_with_parent`, `die_with_loop`).
 
     with stop_on_signal() as stopper:
         trainer.add_callback(stopper)
@@ -9,7 +10,9 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import signal
+import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -107,3 +110,52 @@ class StopOnNonFinite(TrainerCallback):
                          f"lower learning_rate (now {args.learning_rate:g}), keep max_grad_norm > 0, or check the "
                          f"data, then rerun with --continue_with_changes true (or --auto_resume false to start "
                          f"over)")
+
+
+# --- dying with `posttrain iterate` (docs/methods.md §3) -------------------------------------------------------
+
+DIE_WITH_LOOP_ENV = "POSTTRAIN_DIE_WITH_LOOP"  # set by the loop for its train phase: "<process table> <loop pid>"
+
+
+def die_with_parent() -> None:
+    """Have the kernel SIGKILL this process when the thread that started it exits (PR_SET_PDEATHSIG; Linux only,
+    elsewhere a no-op). A child does not inherit it: every process that must die with its parent asks for itself."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # 1 = PR_SET_PDEATHSIG
+
+
+def _process_table() -> str:
+    """Which process table a pid refers to: this boot of this machine and this pid namespace ('' if unknown)."""
+    try:
+        return Path("/proc/sys/kernel/random/boot_id").read_text().strip() + os.readlink("/proc/self/ns/pid")
+    except OSError:
+        return ""
+
+
+def _alive(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rpartition(")")[2].split()[0] not in ("Z", "X")  # a zombie has died, only not been reaped yet
+
+
+def loop_environment() -> dict[str, str]:
+    """The loop's train phase gets this in its environment: `die_with_loop` in each of its processes reads it."""
+    return {DIE_WITH_LOOP_ENV: f"{_process_table()} {os.getpid()}"}
+
+
+def die_with_loop() -> None:
+    """In `posttrain train` started by `posttrain iterate`: die with the parent, as the launched child does. Under
+    `accelerate launch` that child is only the launcher and the ranks are its children, which the kernel would
+    otherwise leave training into the stage folder that the loop's rerun resumes. A rank whose launcher already died
+    before this call (the loop was killed while it started up) is an orphan: it kills itself here."""
+    value = os.environ.get(DIE_WITH_LOOP_ENV)
+    if not value or not sys.platform.startswith("linux"):
+        return
+    die_with_parent()
+    table, _, pid = value.rpartition(" ")
+    if table and table == _process_table() and not _alive(int(pid)):  # another machine's pid says nothing here
+        os.kill(os.getpid(), signal.SIGKILL)

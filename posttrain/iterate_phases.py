@@ -192,22 +192,17 @@ def _free_port_option(accelerate_config: str) -> list[str]:
         return ["--main_process_port", str(s.getsockname()[1])]
 
 
-def _die_with_parent() -> None:
-    """In the child before exec: the kernel SIGKILLs it when the loop process dies, so a killed loop never leaves a
-    training process writing into the run that its rerun resumes (Linux; elsewhere a no-op)."""
-    if sys.platform.startswith("linux"):
-        import ctypes
-
-        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # 1 = PR_SET_PDEATHSIG
-
-
 def train(stage_dir: Path, recipe_file: Path, accelerate_config: str | None, label: str) -> dict:
     """Run `posttrain train` as a child process into `stage_dir`; it checkpoints, resumes from its newest
-    checkpoint when rerun and records its own completion (the record this phase keeps, with the phase's seconds)."""
+    checkpoint when rerun and records its own completion (the record this phase keeps, with the phase's seconds).
+    Every process of the phase dies with the loop: the child (plain trainer or launcher) by `die_with_parent` before
+    exec, each launched rank by `guards.die_with_loop`, so a killed loop leaves nothing writing into the run."""
+    from posttrain.guards import die_with_parent, loop_environment
+
     started = time.monotonic()
-    env = {k: v for k, v in os.environ.items() if k != KILL_ENV}
+    env = {**{k: v for k, v in os.environ.items() if k != KILL_ENV}, **loop_environment()}
     command = train_command(recipe_file, accelerate_config)
-    returncode = subprocess.call(command, env=env, preexec_fn=_die_with_parent)
+    returncode = subprocess.call(command, env=env, preexec_fn=die_with_parent)
     record = completed(stage_dir)
     if returncode != 0 or record is None:
         raise UsageError(f"the train phase of {label.split('/')[0]} failed ({' '.join(command)} exited with code "

@@ -13,6 +13,7 @@ from pathlib import Path
 from posttrain.console import print_summary, progress_options, quiet_libraries, use_console
 from posttrain.data import load_any_dataset, tokenizer_corpus, validate_columns
 from posttrain.errors import UsageError
+from posttrain.guards import die_with_loop
 from posttrain.io import atomic_write_json, file_modes_callback, restore_umask_modes
 from posttrain.models import load_causal_lm, load_tokenizer, make_tiny_model, tune_lora_layers
 from posttrain.preflight import check_data_format, preflight
@@ -289,6 +290,7 @@ def _eval_section(evaluation: dict) -> str:
 
 
 def main(argv: list[str]) -> Path | None:
+    die_with_loop()  # a no-op unless `posttrain iterate` started this process
     if not argv:
         raise UsageError("usage: posttrain train --config <recipe.yaml> [--key value ...] (posttrain train --help)")
     if wants_help(argv):
