@@ -8,6 +8,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import yaml
+
+from ..conftest import CPU_SETTINGS
+
 REPO = Path(__file__).resolve().parents[2]
 ZERO3 = REPO / "recipes" / "accelerate" / "cpu_deepspeed_zero3.yaml"
 TRAIN = REPO / "scripts" / "train.py"
@@ -43,3 +47,18 @@ def run_plain(script: Path, *args: str, env: dict[str, str] | None = None,
               returncode: int = 0) -> subprocess.CompletedProcess:
     """`python <script> <args>` in one plain process (no accelerate launch, no DeepSpeed)."""
     return _run([sys.executable, str(script), *args], env, returncode)
+
+
+def write_loop_recipe(folder: Path, model: Path, accelerate_config: Path) -> Path:
+    """A one-iteration INPO `posttrain iterate` recipe on the tiny model whose train phase runs under
+    `accelerate_config` (output in <folder>/loop, cache in <folder>/cache)."""
+    values = {"method": "inpo", "model_name_or_path": str(model), "dataset_name": "pg:sort8/preference",
+              "output_dir": str(folder / "loop"), "ref_logps_cache_dir": str(folder / "cache"), "eta": 0.1,
+              "max_length": 64, "max_steps": 2, "per_device_train_batch_size": 2, "logging_steps": 1,
+              **CPU_SETTINGS, "iterations": 1, "prompt_dataset": "pg:sort8/sft", "prompts_per_iteration": 8,
+              "samples_per_prompt": 3, "sample_max_new_tokens": 8, "judge": "rule-longer:sort8",
+              "ranking": "all_pairs", "eval_num_prompts": 4, "generation_backend": "transformers",
+              "accelerate_config": str(accelerate_config)}
+    path = folder / "recipe.yaml"
+    path.write_text(yaml.safe_dump(values))
+    return path

@@ -16,10 +16,8 @@ from pathlib import Path
 
 import psutil
 import pytest
-import yaml
 
-from ..conftest import CPU_SETTINGS
-from .launching import REPO, TIMEOUT_S, check
+from .launching import REPO, TIMEOUT_S, check, write_loop_recipe
 
 pytestmark = pytest.mark.distributed
 
@@ -41,19 +39,6 @@ if os.environ.get("HOLD_TRAINING_IN") and sys.argv[1:2] == ["train"]:
     build = train_module.build_trainer
     train_module.build_trainer = lambda recipe, callbacks=None: build(recipe, [*(callbacks or []), Hold()])
 '''
-
-
-def _recipe(folder: Path, model: Path) -> Path:
-    values = {"method": "inpo", "model_name_or_path": str(model), "dataset_name": "pg:sort8/preference",
-              "output_dir": str(folder / "loop"), "ref_logps_cache_dir": str(folder / "cache"), "eta": 0.1,
-              "max_length": 64, "max_steps": 2, "per_device_train_batch_size": 2, "logging_steps": 1,
-              **CPU_SETTINGS, "iterations": 1, "prompt_dataset": "pg:sort8/sft", "prompts_per_iteration": 8,
-              "samples_per_prompt": 3, "sample_max_new_tokens": 8, "judge": "rule-longer:sort8",
-              "ranking": "all_pairs", "eval_num_prompts": 4, "generation_backend": "transformers",
-              "accelerate_config": str(DDP)}
-    path = folder / "recipe.yaml"
-    path.write_text(yaml.safe_dump(values))
-    return path
 
 
 def _phase_processes(train_yaml: Path) -> list[psutil.Process]:
@@ -100,7 +85,7 @@ def _kill_loop_when(ready, recipe: Path, train_yaml: Path, env: dict, log: Path)
 
 
 def test_a_killed_loop_leaves_no_rank_training(tiny_model_dir: Path, tmp_path: Path):
-    recipe, train_yaml = _recipe(tmp_path, tiny_model_dir), tmp_path / "loop" / "iter0" / "train.yaml"
+    recipe, train_yaml = write_loop_recipe(tmp_path, tiny_model_dir, DDP), tmp_path / "loop" / "iter0" / "train.yaml"
     (tmp_path / "hooks").mkdir()
     (tmp_path / "hooks" / "sitecustomize.py").write_text(HOLD_IN_TRAINING)
     held = tmp_path / "held"

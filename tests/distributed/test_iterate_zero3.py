@@ -9,27 +9,17 @@ import sys
 from pathlib import Path
 
 import pytest
-import yaml
 
 from posttrain.io import read_json
 
-from ..conftest import CPU_SETTINGS
-from .launching import REPO, TIMEOUT_S, ZERO3, check
+from .launching import REPO, TIMEOUT_S, ZERO3, check, write_loop_recipe
 from .test_deepspeed_cpu import _shapes, tiny_model  # noqa: F401 (the module's model fixture)
 
 pytestmark = pytest.mark.distributed
 
 
 def test_iterate_trains_under_zero3(tiny_model: Path, tmp_path: Path):  # noqa: F811
-    values = {"method": "inpo", "model_name_or_path": str(tiny_model), "dataset_name": "pg:sort8/preference",
-              "output_dir": str(tmp_path / "loop"), "ref_logps_cache_dir": str(tmp_path / "cache"), "eta": 0.1,
-              "max_length": 64, "max_steps": 2, "per_device_train_batch_size": 2, "logging_steps": 1,
-              **CPU_SETTINGS, "iterations": 1, "prompt_dataset": "pg:sort8/sft", "prompts_per_iteration": 8,
-              "samples_per_prompt": 3, "sample_max_new_tokens": 8, "judge": "rule-longer:sort8",
-              "ranking": "all_pairs", "eval_num_prompts": 4, "generation_backend": "transformers",
-              "accelerate_config": str(ZERO3)}
-    recipe = tmp_path / "recipe.yaml"
-    recipe.write_text(yaml.safe_dump(values))
+    recipe = write_loop_recipe(tmp_path, tiny_model, ZERO3)
     proc = check(subprocess.run([sys.executable, "-m", "posttrain.cli", "iterate", "--config", str(recipe)],
                                 cwd=REPO, capture_output=True, text=True, timeout=TIMEOUT_S))
     loop = tmp_path / "loop"
