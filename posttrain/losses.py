@@ -195,7 +195,13 @@ def token_nll(token_logps: torch.Tensor, mask: torch.Tensor, num_tokens: torch.T
     """Cross-entropy as a token mean over the masked (output) tokens: -sum(logp * mask) / num_tokens. `num_tokens`
     defaults to mask.sum(); a trainer passes the count over every process so the mean is the global batch's."""
     count = mask.sum() if num_tokens is None else num_tokens
-    return -(token_logps * mask).sum() / torch.as_tensor(count, dtype=token_logps.dtype).clamp(min=1)
+    return -(token_logps * mask).sum() / _divisor(count, token_logps.dtype)
+
+
+def _divisor(count, dtype) -> torch.Tensor:
+    """`count` as a divisor that is never 0: a count over processes may be a fraction (1 token over 2 processes is
+    0.5 per process), so only an empty count (whose sum is 0 too, giving 0, not 0/0) is lifted."""
+    return torch.as_tensor(count, dtype=dtype).clamp(min=torch.finfo(dtype).tiny)
 
 
 def unlearn_joint_loss(ce_forget: torch.Tensor, ce_retain: torch.Tensor, alpha: float) -> torch.Tensor:
@@ -210,7 +216,7 @@ def npo_loss(logps: torch.Tensor, ref_logps: torch.Tensor, beta: float,
     summed completion log-probs. `num_sequences` (default: len(logps)) is the divisor, as `token_nll`'s."""
     count = logps.numel() if num_sequences is None else num_sequences
     total = (-(2.0 / beta) * F.logsigmoid(-beta * (logps - ref_logps))).sum()
-    return total / torch.as_tensor(count, dtype=logps.dtype).clamp(min=1)
+    return total / _divisor(count, logps.dtype)
 
 
 def unlearn_alpha(delta: float | None, a: float = 0.3, b: float = 6.0, c: float = 0.8, low: float = 1.2,

@@ -17,6 +17,8 @@ def test_token_nll_is_the_mean_over_masked_tokens_or_over_a_given_count():
     assert token_nll(TOKEN_LOGPS, MASK).item() == pytest.approx(9 / 3)
     assert token_nll(TOKEN_LOGPS, MASK, torch.tensor(6.0)).item() == pytest.approx(9 / 6)
     assert token_nll(TOKEN_LOGPS, torch.zeros_like(MASK)).item() == 0.0  # no output token: 0, not 0/0
+    # 3 output tokens over 6 processes: each process's share is divided by 0.5 (the trainer then averages over 6)
+    assert token_nll(TOKEN_LOGPS, MASK, torch.tensor(0.5)).item() == pytest.approx(9 / 0.5)
 
 
 def test_joint_loss_ascends_on_forget_and_descends_on_retain():
