@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from posttrain.errors import OneLineArgumentParser, UsageError, exit_on_usage_error
+from posttrain.errors import OneLineArgumentParser, UsageError, check_counts, exit_on_usage_error
 from posttrain.registry import closest, import_string
 
 
@@ -46,8 +46,10 @@ def _tiny_model(args) -> None:
 
 def _data(args) -> None:
     from posttrain.data import load_any_dataset
-    from posttrain.io import write_jsonl
+    from posttrain.io import check_output_file, write_jsonl
 
+    check_counts(("--n", args.n, 1))
+    check_output_file(args.output, "--output")
     dataset = load_any_dataset(args.dataset, args.split, num_examples=args.n, seed=args.seed)
     write_jsonl(args.output, dataset.to_list())
     print(f"{len(dataset)} rows written to {args.output}")
@@ -63,6 +65,7 @@ def _eval_task(args) -> None:
     from posttrain.models import load_causal_lm, load_tokenizer
 
     get_eval_task(args.task)  # before any model loads
+    check_counts(("--n", args.n, 1))
     with quiet_libraries():
         tokenizer = load_tokenizer(args.model)
         baseline = TransformersGenerator(load_causal_lm(args.baseline), tokenizer) if args.baseline else None
@@ -80,6 +83,11 @@ DEMO_COMPARISONS = {"rpo": ("posttrain.demo_rpo:run_rpo_comparison", "runs/demo-
 
 
 def _demo(args) -> None:
+    from posttrain.io import check_output_folder
+
+    for seed in args.seeds:
+        check_counts(("--seeds", seed, 0))
+    check_output_folder(args.output, "--output")
     if args.which in DEMO_COMPARISONS:
         from posttrain.registry import import_string
 

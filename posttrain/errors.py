@@ -48,6 +48,13 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter):
         return action.help
 
 
+def check_counts(*flags: tuple[str, int | None, int]) -> None:
+    """Each (flag, value, least): a value given (not None) must be at least `least`, e.g. ("--n", 0, 1)."""
+    for flag, value, least in flags:
+        if value is not None and value < least:
+            raise UsageError(f"{flag} must be >= {least}, got {value}")
+
+
 def exit_on_usage_error(func: Callable[..., T]) -> Callable[..., T]:
     """Turn a `UsageError` raised by `func` into `posttrain: error: <message>` on stderr and exit code 2, and Ctrl-C
     (SIGINT) or SIGTERM into `posttrain: interrupted; ...` and exit code 130 or 143, without a traceback."""

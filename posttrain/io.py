@@ -75,6 +75,24 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
         raise
 
 
+def check_output_folder(path: str | os.PathLike, setting: str) -> None:
+    """An output folder may exist, but not as a file (or under one): checked before any model loads."""
+    for place in (Path(path).expanduser(), *Path(path).expanduser().parents):
+        if place.exists():
+            if not place.is_dir():
+                raise UsageError(f"{setting} {str(path)!r} must be a folder, but {str(place)!r} is a file; choose "
+                                 f"another folder (new or existing)")
+            return
+
+
+def check_output_file(path: str | os.PathLike, setting: str) -> None:
+    """An output file must not be an existing folder, and its parent must not be a file."""
+    if Path(path).expanduser().is_dir():
+        example = os.path.join(str(path), "rows.jsonl")
+        raise UsageError(f"{setting} {str(path)!r} is a folder; pass a file path (e.g. {example!r})")
+    check_output_folder(Path(path).expanduser().parent, f"{setting}'s folder")
+
+
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
 

@@ -109,6 +109,11 @@ def make_tiny_model(output_dir: str | os.PathLike, corpus: Iterable[str], family
     from posttrain.io import atomic_write_text, remove_path, replace_dir, restore_umask_modes
 
     output_dir = Path(output_dir)
+    if output_dir.exists() and (not output_dir.is_dir() or (any(output_dir.iterdir())
+                                                            and not (output_dir / "TINY_MODEL.md").is_file())):
+        # replace_dir would delete whatever is there; only an earlier tiny model may be rebuilt in place
+        raise UsageError(f"{str(output_dir)!r} already exists and is not a tiny model; choose a new folder for the "
+                         f"tiny model or delete it first")
     tokenizer = build_tiny_tokenizer(corpus)
     model = build_tiny_model(tokenizer, family=family, seed=seed, **model_kwargs)
     staging = output_dir.with_name(output_dir.name + ".partial")
@@ -123,10 +128,15 @@ def make_tiny_model(output_dir: str | os.PathLike, corpus: Iterable[str], family
 
 
 def check_model_path(name_or_path: str, key: str = "model") -> None:
-    """A name that looks local (./, /, ~, or more than one '/') must exist; anything else may be a hub id."""
+    """A name that looks local (./, /, ~, or more than one '/') must exist; anything else may be a hub id. An
+    existing folder must hold a config.json (a PEFT adapter folder: adapter_config.json)."""
     looks_local = name_or_path.startswith((".", "/", "~")) or name_or_path.count("/") > 1
-    if looks_local and not Path(name_or_path).expanduser().exists():
+    path = Path(name_or_path).expanduser()
+    if looks_local and not path.exists():
         raise UsageError(f"{key} path {name_or_path!r} does not exist; pass an existing model folder or a hub id")
+    if path.is_dir() and not any((path / file).is_file() for file in ("config.json", "adapter_config.json")):
+        raise UsageError(f"{key} {name_or_path!r} is not a model folder (no config.json in it); pass a folder "
+                         f"written by save_pretrained or a hub id")
 
 
 def load_tokenizer(name_or_path: str, revision: str | None = None, trust_remote_code: bool = False):

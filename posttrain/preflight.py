@@ -74,17 +74,17 @@ def check_paths(recipe) -> None:
         models["model_name_or_path"] = recipe.model.model_name_or_path
     for key, name in models.items():
         if name:
-            check_model_path(name, key)
-            _check_model_folder(name, key)
+            check_model_path(name, key)  # exists, and a local folder holds a config.json
     check_dataset_path(recipe.run.dataset_name)
+    _check_chat_template_path(getattr(recipe.training, "chat_template_path", None))
 
 
-def _check_model_folder(name: str, key: str) -> None:
-    """An existing local path must hold a config.json (a PEFT adapter folder: adapter_config.json)."""
-    path = Path(name).expanduser()
-    if path.exists() and not any((path / file).is_file() for file in ("config.json", "adapter_config.json")):
-        raise UsageError(f"{key} {name!r} is not a model folder (no config.json in it); pass a folder written by "
-                         f"save_pretrained or a hub id")
+def _check_chat_template_path(template: str | None) -> None:
+    """A local-looking chat_template_path (./, /, ~ or a .jinja file) must exist; anything else may be a hub id."""
+    if template and not Path(template).expanduser().exists() and (
+            template.startswith((".", "/", "~")) or template.endswith(".jinja")):
+        raise UsageError(f"chat_template_path {template!r} does not exist; pass a Jinja template file, a tokenizer "
+                         f"folder or a hub id")
 
 
 def model_modules(recipe) -> dict:

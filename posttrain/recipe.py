@@ -21,6 +21,7 @@ import yaml
 
 from posttrain.data.loading import not_utf8
 from posttrain.errors import UsageError
+from posttrain.io import check_output_folder
 from posttrain.registry import Method, closest, get_method
 
 
@@ -208,6 +209,17 @@ def _check_value_types(values: dict[str, Any], field_types: dict[str, Any], sour
                              f"{type(value).__name__} {value!r}")
 
 
+def _check_choices(values: dict[str, Any], classes, source: str) -> None:
+    """A YAML value of a field with `choices` metadata is one of them: argparse checks choices on the command line
+    only, so `dtype: float23` in a recipe reached torch as a traceback."""
+    choices = {f.name: list(f.metadata["choices"]) for cls in classes for f in dataclasses.fields(cls)
+               if "choices" in f.metadata}
+    for key, value in values.items():
+        if key in choices and value is not None and value not in choices[key]:
+            raise UsageError(f"{source}: {key} must be one of {', '.join(map(str, choices[key]))}, got {value!r}"
+                             f"{closest(str(value), choices[key])}")
+
+
 def read_recipe_file(path: str) -> dict[str, Any]:
     file = Path(path)
     if file.is_dir():
@@ -281,6 +293,7 @@ def parse_recipe(argv: list[str]) -> Recipe:
             raise UsageError(f"{source}: unknown key {key!r}{closest(key, field_types)} "
                              f"(not a field of {method.name}'s configs)")
     _check_value_types(values, field_types, source)
+    _check_choices(values, classes, source)
     for key, value in env.items():
         os.environ[str(key)] = str(value)
 
@@ -305,9 +318,40 @@ def parse_recipe(argv: list[str]) -> Recipe:
         raise UsageError(f"unknown command-line option {flag!r}{closest(key, field_types)}")
     _settle_eval_task(run)
     _settle_lora_targets(model)
+    _check_ranges((run, training, model), source)
+    check_output_folder(training.output_dir, "output_dir")
     given = {key: getattr(part, key) for key in [*values, *cli_keys]
              for part in (run, training, model) if hasattr(part, key) and key in field_types}
     return Recipe(method=method, run=run, training=training, model=model, given=given, loop=loop)
+
+
+# Counts that must be at least this, when set (None: unset). The libraries fail on 0 or below with a traceback
+# after the model loads (batch size, accumulation, lengths, LoRA rank) or silently take 0 to mean "all" (the two
+# example counts).
+AT_LEAST = {"per_device_train_batch_size": 1, "per_device_eval_batch_size": 1, "gradient_accumulation_steps": 1,
+            "max_length": 1, "max_prompt_length": 1, "max_completion_length": 1, "dataset_num_examples": 1,
+            "eval_num_examples": 1, "learning_rate": 0, "seed": 0}
+_RANGE_HINTS = {"dataset_num_examples": " (remove the key to train on every row)",
+                "max_length": " (null: no truncation)"}
+
+
+def _check_ranges(parts, source: str) -> None:
+    """Counts and rates in range, before any file is written or any model loads."""
+    values = {key: getattr(part, key) for part in parts for key in AT_LEAST if hasattr(part, key)}
+    model, training = parts[2], parts[1]
+    if model.use_peft:
+        values["lora_r"], least = model.lora_r, {**AT_LEAST, "lora_r": 1}
+    else:
+        least = AT_LEAST
+    for key, value in values.items():
+        if value is not None and not isinstance(value, bool) and value < least[key]:
+            raise UsageError(f"{source}: {key} must be at least {least[key]}, got {value}; set it to {least[key]} "
+                             f"or more{_RANGE_HINTS.get(key, '')}")
+    if model.use_peft and not 0 <= model.lora_dropout < 1:
+        raise UsageError(f"{source}: lora_dropout must be in [0, 1), got {model.lora_dropout}; e.g. 0.05")
+    if training.max_steps <= 0 and training.num_train_epochs <= 0:
+        raise UsageError(f"{source}: num_train_epochs is {training.num_train_epochs}, so the run would train no "
+                         f"step; set num_train_epochs above 0 or max_steps to 1 or more")
 
 
 def _settle_eval_task(run: RunArguments) -> None:

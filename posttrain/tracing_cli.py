@@ -11,6 +11,7 @@ subject; the answer follows it) and `answer`.
 from __future__ import annotations
 
 from posttrain.errors import HelpFormatter, OneLineArgumentParser, exit_on_usage_error
+from posttrain.io import check_output_folder
 from posttrain.tracing import NOISE_STD_SOURCES, TraceConfig
 
 
@@ -50,6 +51,7 @@ def main(argv: list[str] | None = None) -> None:
                          noise_std_source=args.noise_std_source, min_effect_share=args.min_effect_share,
                          num_facts=args.num_facts, seed=args.seed, batch_size=args.batch_size)
     check_model_path(args.model, "--model")
+    check_output_folder(args.output, "--output")
     with quiet_libraries():
         facts = load_facts(args.facts, args.split, config.num_facts)
         tokenizer = load_tokenizer(args.model, trust_remote_code=args.trust_remote_code)

@@ -24,6 +24,9 @@ REQUIRED_COLUMNS: dict[str, tuple[str, ...]] = {
 ALTERNATIVE_COLUMNS = {"sft": [("messages",), ("text",)], "preference": [("chosen", "rejected")],
                        "unlearning": [("input", "output", "split")]}  # SemEval-2025 Task 4 (LUME) rows
 
+# Columns that hold text (or role/content message lists) in every dataset kind.
+TEXT_COLUMNS = ("prompt", "completion", "chosen", "rejected", "messages", "text", "draft", "revision", "input",
+                "output")
 _FILE_BUILDERS = {".json": "json", ".jsonl": "json", ".csv": "csv", ".parquet": "parquet"}
 _TEXT_SUFFIXES = (".json", ".jsonl", ".csv")
 
@@ -140,11 +143,32 @@ def validate_columns(dataset, kind: str, name: str = "dataset") -> None:
     """Raise a one-line `UsageError` naming the missing columns for this dataset kind."""
     columns = set(dataset.column_names)
     options = [REQUIRED_COLUMNS[kind], *ALTERNATIVE_COLUMNS.get(kind, [])]
-    if any(set(option) <= columns for option in options):
+    matched = next((option for option in options if set(option) <= columns), None)
+    if matched:
+        check_column_values(dataset, matched, name)
         return
     missing = sorted(set(REQUIRED_COLUMNS[kind]) - columns)
     raise UsageError(f"{name} is missing column(s) {', '.join(missing)} needed for {kind} data "
                      f"(has: {', '.join(sorted(columns))})")
+
+
+def check_column_values(dataset, columns: tuple[str, ...], name: str = "dataset") -> None:
+    """Every row has a value in each of `columns`, and the text columns hold text or message lists; read from the
+    Arrow schema and null counts, so no row is decoded. Rows missing a key (JSON lines) or a JSON list of bare
+    values otherwise fail inside the tokenizer with a traceback."""
+    import pyarrow.compute as pc
+    from datasets import Value
+
+    for column in columns:
+        feature = dataset.features[column]
+        if column in TEXT_COLUMNS and isinstance(feature, Value) and feature.dtype not in ("string", "large_string"):
+            raise UsageError(f"{name}: column {column!r} holds {feature.dtype} values, not text; every row must "
+                             f"be a JSON object whose {', '.join(columns)} values are strings or role/content "
+                             f"message lists")
+        values = dataset.data.column(column)
+        if values.null_count:
+            row = pc.index(pc.is_null(values), True).as_py()
+            raise UsageError(f"{name}: row {row} has no {column!r} value; every row needs {', '.join(columns)}")
 
 
 def load_prompt_dataset(source: str, setting: str, split: str | None = None, limit: int | None = None,

@@ -14,6 +14,7 @@ from posttrain.console import quiet_libraries
 from posttrain.errors import OneLineArgumentParser, exit_on_usage_error
 from posttrain.evaluation.loglikelihood import BACKENDS
 from posttrain.evaluation.mmlu import check_options, evaluate_mmlu
+from posttrain.io import check_output_folder
 
 
 def _flag(value: str) -> bool:
@@ -53,6 +54,7 @@ def parse_args(argv: list[str]):
     if args.output_dir is None:
         chat = "_chat" if args.apply_chat_template else ""
         args.output_dir = f"runs/mmlu/{Path(args.model.rstrip('/')).name}_{args.num_fewshot}shot{chat}"
+    check_output_folder(args.output_dir, "--output_dir")
     return args
 
 

@@ -23,6 +23,7 @@ from posttrain.console import quiet_libraries
 from posttrain.errors import HelpFormatter, OneLineArgumentParser, exit_on_usage_error
 from posttrain.evaluation.unlearning_data import data_sources
 from posttrain.evaluation.unlearning_run import UnlearningEval, evaluate_unlearning
+from posttrain.io import check_output_folder
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -69,6 +70,7 @@ def parse_args(argv: list[str]) -> tuple[UnlearningEval, bool]:
     if args["output_dir"] is None:
         source = args["model"] or args["generations"] or "outputs"
         args["output_dir"] = f"runs/eval-unlearning/{Path(source.rstrip('/')).stem}"
+    check_output_folder(args["output_dir"], "--output_dir")
     return UnlearningEval(**args), verbose
 
 

@@ -22,9 +22,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from posttrain.console import quiet_libraries
-from posttrain.errors import HelpFormatter, OneLineArgumentParser, UsageError, exit_on_usage_error
+from posttrain.errors import HelpFormatter, OneLineArgumentParser, UsageError, check_counts, exit_on_usage_error
 from posttrain.evaluation.winrate import avg_length, winrate_metrics
-from posttrain.generation.generate_cli import add_generation_arguments
+from posttrain.generation.generate_cli import add_generation_arguments, check_generation_args
 from posttrain.io import atomic_write_json, read_json_list
 
 ANNOTATION_KEYS = ("instruction", "output_1", "output_2", "preference")
@@ -309,6 +309,8 @@ def build_parser() -> argparse.ArgumentParser:
 def run(argv: list[str] | None = None) -> dict:
     """Parse `argv`, run the chosen mode and return the metrics (bad input raises UsageError)."""
     args = build_parser().parse_args(argv)
+    check_generation_args(args)
+    check_counts(("--max_instructions", args.max_instructions, 1))
     if args.annotations is not None:
         return score_annotations(args)
     if args.judge is None:

@@ -18,7 +18,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from posttrain.errors import HelpFormatter, OneLineArgumentParser, UsageError, exit_on_usage_error
+from posttrain.errors import HelpFormatter, OneLineArgumentParser, UsageError, check_counts, exit_on_usage_error
+from posttrain.io import check_output_folder
 from posttrain.revision import DRAFT_SLOT, PROMPT_SLOT, RevisionTemplate, template_problem
 
 
@@ -104,13 +105,19 @@ def build_parser():
     return parser
 
 
-def check_args(args) -> None:
-    for flag, value, least in (("--revisions", args.revisions, 0), ("--limit", args.limit, 1),
-                               ("--max_new_tokens", args.max_new_tokens, 1), ("--batch_size", args.batch_size, 1)):
-        if value is not None and value < least:
-            raise UsageError(f"{flag} must be >= {least}, got {value}")
+def check_generation_args(args) -> None:
+    """The options of `add_generation_arguments` and --output_dir, before any model loads."""
+    check_counts(("--max_new_tokens", args.max_new_tokens, 1), ("--batch_size", args.batch_size, 1))
     if args.temperature < 0:
         raise UsageError(f"--temperature must be >= 0, got {args.temperature}")
+    if not 0 < args.top_p <= 1:
+        raise UsageError(f"--top_p must be in (0, 1] (1: no nucleus cut), got {args.top_p}")
+    check_output_folder(args.output_dir, "--output_dir")
+
+
+def check_args(args) -> None:
+    check_counts(("--revisions", args.revisions, 0), ("--limit", args.limit, 1))
+    check_generation_args(args)
 
 
 def run(argv: list[str] | None = None) -> list[list[str]]:
