@@ -13,7 +13,7 @@ TRL's own forward and loss on the same batches.
 from __future__ import annotations
 
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 
 import torch
 import trl
@@ -58,11 +58,28 @@ class DPOConfig(trl.DPOConfig):
 
     def __post_init__(self):
         super().__post_init__()
+        unknown = sorted(set(self.loss_type) - set(trl_loss_types()))
+        if unknown and trl_loss_types():
+            from posttrain.registry import closest
+
+            raise ValueError(f"loss_type {unknown[0]!r} is not one of TRL's DPO losses ({', '.join(trl_loss_types())})"
+                             f"{closest(unknown[0], trl_loss_types())}")
+        if not self.beta > 0:
+            raise ValueError(f"beta must be above 0 (the KL weight; 0.1 is common), got {self.beta}")
         if self.logps_chunk_size is not None and self.logps_chunk_size < 0:
             raise ValueError(f"logps_chunk_size must be a positive number of tokens (or 0/null for the plain path), "
                              f"got {self.logps_chunk_size}")
         if switch_conflict(self):
             raise ValueError(switch_conflict(self))
+
+
+def trl_loss_types() -> list[str]:
+    """The `loss_type` values TRL's DPO trainer knows, as its config field lists them (empty if that text changes:
+    then TRL itself refuses an unknown one)."""
+    import re
+
+    help_text = next(f for f in fields(trl.DPOConfig) if f.name == "loss_type").metadata.get("help", "")
+    return re.findall(r"`'(\w+)'`", help_text)
 
 
 def trl_only_settings(args) -> list[str]:
