@@ -51,10 +51,10 @@ class INPOConfig(DPOConfig):
     def __post_init__(self):
         if self.beta is not None and self.beta != self.eta:
             raise ValueError(f"INPO's temperature is eta; set eta (now {self.eta}), not beta ({self.beta})")
-        self.beta = self.eta
-        super().__post_init__()
         if self.eta <= 0:
             raise ValueError(f"eta must be > 0, got {self.eta}")
+        self.beta = self.eta
+        super().__post_init__()
         if not 0 <= self.tau_ratio <= 1:
             raise ValueError(f"tau_ratio (tau/eta) must be in [0, 1] so that both margins keep a non-negative weight, "
                              f"got {self.tau_ratio}")
