@@ -58,9 +58,14 @@ class Loop:
         its first N rows every iteration."""
         n = self.loop.prompts_per_iteration
         first = t * n if self.loop.new_prompts_each_iteration else 0
-        rows = load_rows(self.loop.prompt_dataset, "prompt_dataset", self.loop.prompt_split, first + n,
+        return self.prompt_rows_through(t)[first:first + n]
+
+    def prompt_rows_through(self, t: int) -> list[dict]:
+        """Every prompt row of iterations 0..t, read in one load."""
+        n = self.loop.prompts_per_iteration
+        count = (t + 1) * n if self.loop.new_prompts_each_iteration else n
+        return load_rows(self.loop.prompt_dataset, "prompt_dataset", self.loop.prompt_split, count,
                          self.loop.prompt_seed)
-        return rows[first:first + n]
 
     def eval_rows(self) -> list[dict]:
         return load_rows(self.loop.eval_prompt_dataset or self.loop.prompt_dataset, "eval_prompt_dataset",
@@ -213,7 +218,7 @@ def _check_prompts(loop: Loop) -> None:
     from posttrain.generation import ModelPool
     from posttrain.judges import LLMJudge
 
-    rows = [row for t in reversed(range(loop.loop.iterations)) for row in loop.prompt_rows(t)]  # the last: all rows
+    rows = loop.prompt_rows_through(loop.loop.iterations - 1)
     for spec, prompts in ((loop.loop.judge, rows), (loop.loop.eval_judge or loop.loop.judge, loop.eval_rows())):
         if spec.startswith("rule") and any("answer" not in row for row in prompts):
             raise UsageError(f"judge {spec!r} scores against gold answers, but the prompts have no 'answer' column; "
